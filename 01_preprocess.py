@@ -1,0 +1,6 @@
+"""01_preprocess: not built yet (see the open issue for this step)."""
+import sys
+
+if __name__ == "__main__":
+    print("01_preprocess.py: not built yet", file=sys.stderr)
+    sys.exit(2)

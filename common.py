@@ -1,0 +1,488 @@
+"""
+What every numbered script needs, in one place:
+
+- typed configs: one dataclass per TOML section, `--config FILE` plus `--section.key=value` overrides,
+  unknown keys and wrong types rejected with a one-line error, the resolved config saved as TOML;
+- errors for people: `UserError` + `run_main()` print one line and exit non-zero, no traceback;
+- atomic writes (temp file in the same folder, fsync, rename), so a crash never leaves half a file;
+- distributed set-up / teardown for torchrun (nccl on CUDA, gloo on CPU) and rank-0 printing;
+- FASTA reading (plain, gzip or bgzip) for the NT task files.
+
+Everything else lives in the script that uses it, right before its first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import os
+import sys
+import tempfile
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from model import ModelConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "tinydnabert.toml"
+
+# -----------------------------------------------------------------------------
+# errors for people
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, files, data): printed as one line, no traceback.
+
+    exit_code 2 = bad configuration or command line, 1 = bad input data or failed download.
+    """
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ConfigError(UserError):
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=2)
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a script's main(); turn UserError into 'error: ...' on stderr and its exit code."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+# -----------------------------------------------------------------------------
+# configs: one dataclass per TOML section. The defaults are the tinydnabert preset, so a key a preset
+# leaves out means "as in TinyDNABERT".
+
+
+@dataclass
+class RunConfig:
+    name: str = "tinydnabert"
+    out_dir: str = "out/tinydnabert"  # every script reads and writes inside this folder
+    seed: int = 1337  # every random choice of every script derives from this
+    device: str = "auto"  # "auto" (cuda if available, else cpu) | "cpu" | "cuda"
+
+
+@dataclass
+class PreprocessConfig:
+    # FASTA sources: local paths or https URLs, plain or gzip; the GRCh38.p14 assembly from NCBI
+    sources: list[str] = field(default_factory=lambda: [
+        "https://ftp.ncbi.nlm.nih.gov/genomes/all/GCF/000/001/405/GCF_000001405.40_GRCh38.p14/"
+        "GCF_000001405.40_GRCh38.p14_genomic.fna.gz"
+    ])
+    md5: list[str] = field(default_factory=list)  # one per source; empty = NCBI's md5checksums.txt beside the URL
+    manifest: str = ""  # a file listing many genomes (1B/7B presets); split train/val/test by genome
+    download_dir: str = "data/downloads"  # shared cache: a verified download is never fetched twice
+    min_len: int = 256  # segment lengths are drawn uniformly from [min_len, max_len], both inclusive
+    max_len: int = 1024
+    val_fraction: float = 0.01  # seeded random share of segments held out for validation
+    val_genomes: float = 0.0  # with a manifest: share of genomes held out for validation
+    test_genomes: float = 0.0  # with a manifest: share of genomes held out for test
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "bpe"  # "bpe" (tinydnabert) | "kmer" (agront_1b) | "char" (dnafm_7b)
+    vocab_size: int = 1024  # bpe only: total vocabulary, special tokens included
+    min_frequency: int = 4  # bpe only
+    sample_fraction: float = 0.1  # bpe only: seeded uniform sample of train segments to train on
+    k: int = 6  # kmer only
+    encode_batch_size: int = 1024  # segments per encode_batch call while writing token files
+
+
+@dataclass
+class PretrainConfig:
+    parallel: str = "ddp"  # under torchrun: "ddp" | "fsdp" (FSDP2 fully_shard); ignored in one process
+    seq_len: int = 512  # tokens per packed block
+    batch_size: int = 128  # sequences per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 200_000
+    warmup_steps: int = 20_000  # linear warm-up, then linear decay to min_lr at max_steps
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    weight_decay: float = 1e-5  # not applied to biases and norms
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    mask_prob: float = 0.15  # of non-special tokens; 80% <mask> / 10% random / 10% kept
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    meta_init: bool = False  # build on the meta device, then to_empty + init_weights (big presets)
+    log_interval: int = 10
+    eval_interval: int = 1000
+    eval_batches: int = 20  # fixed validation subset: this many batches
+    ckpt_interval: int = 5000
+    keep_checkpoints: int = 3
+    gpu_peak_tflops: float = 0.0  # for MFU; 0 = look the GPU up (H100 bf16 dense: 989)
+
+
+@dataclass
+class FinetuneConfig:
+    benchmark: str = "revised"  # "revised" (18 tasks, TinyDNABERT's table) | "original"
+    revision: str = "main"  # hub revision of the benchmark repo; pin a commit for reproducibility
+    data_dir: str = "data/nt_benchmark"  # <benchmark>/<task>/{train,test}.fna, downloaded or local
+    tasks: list[str] = field(default_factory=list)  # empty = every task of the benchmark
+    inits: list[str] = field(default_factory=lambda: ["pretrained", "scratch"])
+    num_seeds: int = 3
+    batch_size: int = 64
+    max_steps: int = 5000
+    warmup_steps: int = 500
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    eval_interval: int = 200
+    val_fraction: float = 0.1  # stratified, seeded split of train
+    classifier_dropout: float = 0.1
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run.out_dir)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, where: str) -> Any:
+    """Check `value` (parsed from TOML) against a dataclass field type; return it converted."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, where) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {tp} at {where}")
+
+
+def _section_types(section_cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    if section not in sections:
+        raise ConfigError(f"{source}: unknown section [{section}]; valid sections: {', '.join(sections)}")
+    target = getattr(cfg, section)
+    types = _section_types(type(target))
+    if key not in types:
+        raise ConfigError(
+            f"{source}: unknown key '{section}.{key}'; valid keys of [{section}]: {', '.join(types)}"
+        )
+    where = source if source.startswith("--") else f"{source}: {section}.{key}"
+    setattr(target, key, _coerce(value, types[key], where))
+
+
+def _parse_cli_value(text: str) -> Any:
+    """`--a.b=3` -> 3, `=[x,y]` -> ['x','y'], `=true` -> True, `=out/run` -> 'out/run' (quotes optional)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    if text.startswith("[") and text.endswith("]"):  # a list of bare words: [promoter_all, enhancers]
+        inner = text[1:-1].strip()
+        return [_parse_cli_value(item.strip()) for item in inner.split(",")] if inner else []
+    return text
+
+
+def load_config(argv: list[str] | None = None, flags: tuple[str, ...] = ()) -> tuple[Config, set[str]]:
+    """Parse `--config FILE`, `--section.key=value` overrides and the script's own boolean `flags`.
+
+    Returns the resolved Config and the set of flags given (e.g. {"--resume"}). Without --config the
+    tinydnabert preset is used, so `python 01_preprocess.py` runs the reference reproduction.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config_path: str | None = None
+    overrides: list[tuple[str, str]] = []
+    given: set[str] = set()
+    usage = f"usage: --config FILE, --section.key=value{''.join(', ' + f for f in flags)}"
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(usage + "\nsections and keys:")
+            for section, value in vars(Config()).items():
+                print(f"  [{section}] " + ", ".join(_section_types(type(value))))
+            sys.exit(0)
+        if arg in flags:
+            given.add(arg)
+        elif arg == "--config" or arg.startswith("--config="):
+            if "=" in arg:
+                config_path = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                i += 1
+                config_path = argv[i]
+            else:
+                raise ConfigError("--config needs a file name")
+        elif arg.startswith("--") and "=" in arg and "." in arg.split("=", 1)[0]:
+            key, value = arg[2:].split("=", 1)
+            overrides.append((key, value))
+        else:
+            raise ConfigError(f"unknown argument '{arg}'; {usage}")
+        i += 1
+
+    cfg = Config()
+    path = Path(config_path) if config_path else DEFAULT_CONFIG
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found")
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})")
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: '{section}' must be a [section] table, got {table!r}")
+        for key, value in table.items():
+            _apply(cfg, section, key, value, str(path))
+    for dotted, text in overrides:
+        section, _, key = dotted.partition(".")
+        _apply(cfg, section, key, _parse_cli_value(text), f"--{dotted}")
+    try:  # cross-field checks of the model config (ModelConfig.__post_init__) on the final values
+        cfg.model = ModelConfig(**dataclasses.asdict(cfg.model))
+    except ValueError as e:
+        raise ConfigError(f"{path}: [model] {e}")
+    return cfg, given
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def config_to_toml(cfg: Config) -> str:
+    lines = ["# resolved config: every key, after the preset and command-line overrides"]
+    for f in dataclasses.fields(cfg):
+        lines.append(f"\n[{f.name}]")
+        for key, value in dataclasses.asdict(getattr(cfg, f.name)).items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def save_config(cfg: Config, directory: str | Path, name: str = "config.toml") -> Path:
+    """Write the resolved config beside an output; it loads back with `--config`."""
+    path = Path(directory) / name
+    atomic_write_text(path, config_to_toml(cfg))
+    return path
+
+
+# -----------------------------------------------------------------------------
+# atomic writes: write to a temp file in the same folder, fsync, then rename over the target.
+# rename is atomic on POSIX, so readers see the old file or the new one, never half of one.
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+class atomic_open:
+    """`with atomic_open(path, "w") as f:` streams into a temp file that replaces `path` on success
+    and is deleted on any error, so large outputs (segment files, token files) are never half-written."""
+
+    def __init__(self, path: str | Path, mode: str = "w"):
+        assert mode in ("w", "wb"), mode
+        self.path, self.mode = Path(path), mode
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self.file = os.fdopen(fd, self.mode)
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            self.file.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            if Path(self.tmp).exists():
+                Path(self.tmp).unlink()
+        return False
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    import torch
+
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+# -----------------------------------------------------------------------------
+# distributed: torchrun sets RANK / LOCAL_RANK / WORLD_SIZE; a plain `python` run is world size 1.
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(preference: str) -> str:
+    import torch
+
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"run.device = '{preference}' but no CUDA GPU is visible; use 'cpu' or 'auto'")
+    if preference not in ("cpu", "cuda") and not preference.startswith("cuda:"):
+        raise ConfigError(f"run.device = '{preference}': expected 'auto', 'cpu' or 'cuda'")
+    return preference
+
+
+def setup_distributed(device_preference: str = "auto") -> Dist:
+    """Join the torchrun process group if there is one: nccl on CUDA, gloo on CPU."""
+    import torch
+    import torch.distributed as dist
+
+    device = resolve_device(device_preference)
+    if "RANK" not in os.environ:
+        return Dist(device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+        dist.init_process_group("nccl", device_id=torch.device(device))
+    else:
+        dist.init_process_group("gloo")
+    return Dist(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def teardown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def print0(*args, **kwargs) -> None:
+    """print on rank 0 only (torchrun sets RANK), flushed so logs interleave sanely."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+# -----------------------------------------------------------------------------
+# FASTA
+
+
+def open_text(path: str | Path) -> io.TextIOBase:
+    """Open plain or gzip text (bgzip is multi-member gzip, which gzip reads); sniffs the magic bytes."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="ascii", errors="replace", newline=None)
+    return open(path, "r", encoding="ascii", errors="replace", newline=None)
+
+
+@dataclass
+class FastaRecord:
+    header: str  # the text after '>'
+    sequence: str  # as in the file, lines joined, no case change
+    line: int  # 1-based line number of the header, for error messages
+
+
+def read_fasta(path: str | Path) -> Iterator[FastaRecord]:
+    """Yield the records of a (small-record) FASTA file: NT task files, test fixtures.
+
+    For whole chromosomes use 01_preprocess.py's streaming reader, which never holds a record.
+    Raises UserError naming the file and line on a file with no header or with sequence before it.
+    """
+    path = Path(path)
+    header, line_no, chunks = None, 0, []
+    try:
+        with open_text(path) as f:
+            for line_no, line in enumerate(f, start=1):
+                line = line.strip()
+                if not line:
+                    continue
+                if line.startswith(">"):
+                    if header is not None:
+                        yield FastaRecord(header, "".join(chunks), header_line)
+                    header, header_line, chunks = line[1:].strip(), line_no, []
+                elif header is None:
+                    raise UserError(f"{path}:{line_no}: expected a FASTA header starting with '>', got {line[:40]!r}")
+                else:
+                    chunks.append(line)
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # truncated or corrupt gzip
+        raise UserError(f"{path}: cannot read ({e})")
+    if header is not None:
+        yield FastaRecord(header, "".join(chunks), header_line)
