@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole pipeline 01 -> 04 on the CPU demo preset: offline, a few minutes on 2 CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")"
+config=configs/demo.toml
+python 01_preprocess.py --config $config "$@"
+python 02_train_tokenizer.py --config $config "$@"
+python 03_pretrain.py --config $config "$@"
+python 04_finetune_nt.py --config $config "$@"
+echo
+echo "done. results table: out/demo/finetune/results.md   plot: out/demo/finetune/mcc.png"
+echo "      pretraining loss: out/demo/loss.png   segment lengths: out/demo/segments/segment_lengths.png"
