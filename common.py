@@ -99,6 +99,9 @@ class TokenizerConfig:
     vocab_size: int = 1024  # bpe only: total vocabulary, special tokens included
     min_frequency: int = 4  # bpe only
     sample_fraction: float = 0.1  # bpe only: seeded uniform sample of train segments to train on
+    # bpe only: cap on that sample in Mbp, 0 = none. BPE training holds ~50 B per sampled bp (measured,
+    # bench/bench_tokenizer.py): GRCh38's 1/10 sample (~310 Mbp) needs ~15 GiB; set e.g. 100 on smaller machines
+    max_train_mbp: float = 0.0
     k: int = 6  # kmer only
     encode_batch_size: int = 1024  # segments per encode_batch call while writing token files
 

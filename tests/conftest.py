@@ -25,6 +25,16 @@ def run_script(script: str, *args: str, cwd: Path | None = None, env: dict | Non
                           capture_output=True, text=True, timeout=timeout)
 
 
+def load_script(script: str):
+    """Import a numbered script (its name starts with a digit) as a module, to test its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(script).stem.lstrip("0123456789_"), ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

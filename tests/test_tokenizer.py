@@ -39,7 +39,6 @@ def test_load_tokenizer_special_ids_and_model_fit(tmp_path):
 # -----------------------------------------------------------------------------
 # the three tokenizers, built in-process (02's builders) and through the script (run_script)
 
-import importlib.util
 import json
 import random
 import re
@@ -47,17 +46,9 @@ import re
 import numpy as np
 
 from common import read_fasta, read_token_meta
-from conftest import ROOT, run_script
+from conftest import ROOT, load_script, run_script
 
-
-def _load_02():
-    spec = importlib.util.spec_from_file_location("train_tokenizer", ROOT / "02_train_tokenizer.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-t02 = _load_02()
+t02 = load_script("02_train_tokenizer.py")
 
 
 def _random_dna(rng: random.Random, n: int, alphabet: str = "ACGT") -> str:
@@ -241,3 +232,16 @@ def test_missing_segments_is_one_line_error(tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"error: {tmp_path}/segments/train.txt: not found "
                                              "(run 01_preprocess.py with the same --config first)"]
+
+
+def test_bpe_sample_is_capped_and_refused_when_it_cannot_fit(tmp_path, monkeypatch):
+    segs = _synthetic_segments(5, 400)
+    _write_segments(tmp_path, segs, segs[:5])
+    train = tmp_path / "segments" / "train.txt"
+    mean = sum(map(len, segs)) / len(segs)
+    _, stats = t02.train_bpe(train, 64, 2, 1.0, 0, 128, max_train_mbp=0.02)  # 20 kbp of ~250 kbp
+    assert stats["sampled_segments"] == int(0.02e6 / mean)
+    assert abs(stats["sampled_bp"] - 0.02e6) < 0.25 * 0.02e6
+    monkeypatch.setattr(t02, "available_memory", lambda: 1_000_000)  # 1 MB free: refuse before training
+    with pytest.raises(UserError, match="needs ~.* GiB but .* available; set --tokenizer.max_train_mbp="):
+        t02.train_bpe(train, 64, 2, 1.0, 0, 128)
