@@ -589,3 +589,115 @@ def read_token_meta(tokens_dir: str | Path, tokenizer_path: str | Path) -> dict:
             raise UserError(f"{bin_path}: expected {counts.get('tokens')} uint16 tokens from meta.json, "
                             f"file has {'no file' if size is None else f'{size:,} bytes'}; re-run 02_train_tokenizer.py")
     return meta
+
+
+# -----------------------------------------------------------------------------
+# downloads: resumable, retried, verified, cached (01 fetches genomes, 04 the NT benchmark)
+
+
+def md5_file(path: str | Path, block_size: int = 1 << 20) -> str:
+    import hashlib
+
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(block_size):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_verified(dest: str | Path, md5: str | None = None) -> bool:
+    """True when `dest` was verified by download() (its `<dest>.md5` sidecar is newer than the file)
+    and, if `md5` is given, was verified against that checksum."""
+    dest = Path(dest)
+    sidecar = dest.with_name(dest.name + ".md5")
+    if not (dest.is_file() and sidecar.is_file()) or sidecar.stat().st_mtime < dest.stat().st_mtime:
+        return False
+    recorded = sidecar.read_text().split()[:1]
+    return bool(recorded) and (md5 is None or recorded[0] == md5.lower())
+
+
+def download(url: str, dest: str | Path, md5: str | Callable[[], str | None] | None = None, *,
+             retries: int = 5, backoff_s: float = 1.0, timeout_s: float = 60.0, quiet: bool = False) -> Path:
+    """Fetch `url` (http/https) to `dest` once; return `dest`.
+
+    - Streams into `<dest>.part` with a progress bar in bytes. An interrupted transfer (dropped
+      connection, killed process) resumes from the .part size with an HTTP `Range` request.
+    - Network errors, timeouts and HTTP 408/429/5xx are retried with back-off (backoff_s * 2^k seconds,
+      at most `retries` times in a row); a transfer that made progress is resumed at once.
+    - Checks the md5: `md5` is a hex string, or a function returning one (called only when a check is
+      needed, e.g. to fetch NCBI's md5checksums.txt), or None (no checksum known: only the length is
+      checked). Then renames into place and writes `<dest>.md5` (md5sum format). A verified file is
+      never downloaded again; a file that fails the check is deleted, never used (UserError, exit 1).
+    """
+    import time
+    import urllib.error
+    import urllib.request
+    from http.client import HTTPException
+
+    from tqdm import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    sidecar, part = dest.with_name(dest.name + ".md5"), dest.with_name(dest.name + ".part")
+    given = md5 if isinstance(md5, str) and md5 else None
+    if is_verified(dest, given):
+        return dest
+    expected_cache: list[str | None] = []
+
+    def expected() -> str | None:  # the checksum to verify against, looked up at most once
+        if not expected_cache:
+            value = md5() if callable(md5) else (md5 or None)
+            expected_cache.append(value.lower() if value else None)
+        return expected_cache[0]
+
+    def accept(path: Path) -> Path:
+        digest = md5_file(path)
+        want = expected()
+        if want is not None and digest != want:
+            path.unlink()
+            raise UserError(f"{url}: md5 mismatch (expected {want}, got {digest}); the file was deleted, not used")
+        if path != dest:
+            os.replace(path, dest)
+        atomic_write_text(sidecar, f"{digest}  {dest.name}\n")
+        return dest
+
+    if dest.is_file() and expected() is not None and md5_file(dest) == expected():
+        return accept(dest)  # already here (copied in by hand, or verified before the sidecar existed)
+
+    failures = 0
+    while True:
+        have = part.stat().st_size if part.is_file() else 0
+        headers = {"User-Agent": "dna-lm-download/1.0", **({"Range": f"bytes={have}-"} if have else {})}
+        got = 0
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as r:
+                if have and (r.status != 206 or not r.headers.get("Content-Range", "").startswith(f"bytes {have}-")):
+                    have = 0  # the server ignored the Range request: start over
+                length = r.headers.get("Content-Length")
+                total = have + int(length) if length is not None else None
+                with open(part, "ab" if have else "wb") as f, tqdm(
+                        total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                        desc=dest.name, disable=True if quiet else None, leave=False) as bar:
+                    while block := r.read(1 << 20):
+                        f.write(block)
+                        got += len(block)
+                        bar.update(len(block))
+                if total is not None and have + got < total:
+                    raise ConnectionError(f"connection closed after {have + got:,} of {total:,} bytes")
+            return accept(part)
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have:  # Range not satisfiable: the .part is already complete
+                return accept(part)
+            if e.code not in (408, 429) and e.code < 500:
+                raise UserError(f"{url}: HTTP {e.code} {e.reason}")
+            error = f"HTTP {e.code} {e.reason}"
+        except (urllib.error.URLError, HTTPException, OSError) as e:
+            error = str(getattr(e, "reason", None) or e)
+        failures = 0 if got else failures + 1  # a transfer that made progress resumes immediately
+        if failures > retries:
+            raise UserError(f"{url}: download failed after {retries} retries ({error}); "
+                            f"re-run to resume from {part}")
+        if failures:
+            if not quiet:
+                print(f"{url}: {error}; retrying in {backoff_s * 2 ** (failures - 1):.0f} s", file=sys.stderr)
+            time.sleep(backoff_s * 2 ** (failures - 1))
