@@ -6,7 +6,6 @@ what a user sees (exit code, one-line error) go through `python 01_preprocess.py
 
 import gzip
 import hashlib
-import importlib.util
 import json
 import random
 import re
@@ -15,11 +14,9 @@ import sys
 import pytest
 
 from common import run_main
-from conftest import ROOT, run_script
+from conftest import ROOT, load_script, run_script
 
-spec = importlib.util.spec_from_file_location("preprocess01", ROOT / "01_preprocess.py")
-pp = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(pp)
+pp = load_script("01_preprocess.py")
 
 SLICE = "genome/hg38_chr2_1-2333275.fa.gz"
 
