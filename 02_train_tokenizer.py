@@ -194,10 +194,11 @@ def encode_split(tok: Tokenizer, src: Path, dst: Path, batch_size: int, unk_id: 
     """Encode one segment file into a flat uint16 file, streaming, batched (encode_batch runs on all
     cores via Rayon). Returns its counts for meta.json."""
     n_tokens = n_segments = n_bp = n_unk = 0
+    encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast (tokenizers >= 0.20.1): no offsets
     with atomic_open(dst, "wb") as out, tqdm(total=src.stat().st_size, unit="B", unit_scale=True,
                                              desc=f"encode {src.name}") as bar:
         for batch in read_batches(src, batch_size):
-            encodings = tok.encode_batch_fast(batch)  # with the kind's specials; no offsets (faster)
+            encodings = encode_batch(batch)  # with the kind's specials
             ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.uint16)
             out.write(ids.tobytes())
             n_tokens += len(ids)
@@ -245,6 +246,9 @@ def main() -> None:
     print(f"tokenizer: {tc.kind}, {vocab_size:,} tokens, specials {sp.all}, built in {time.time() - t0:.1f}s "
           f"-> {tok_path}")
     if tc.kind == "bpe":
+        if vocab_size < tc.vocab_size:
+            print(f"  note: only {vocab_size:,} of {tc.vocab_size:,} tokens: no more pairs occur "
+                  f"{tc.min_frequency}+ times in the sample")
         longest = max(tok.get_vocab(), key=len)
         print(f"  longest token: {longest} ({len(longest)} bp); example: "
               f"{' '.join(tok.encode('ACGTACGTTTGACCAGGTCA').tokens)}")
@@ -258,6 +262,8 @@ def main() -> None:
             splits[split] = encode_split(tok, src, tok_dir / f"{split}.bin", tc.encode_batch_size, sp.unk)
             s = splits[split]
             s["bp_per_token"] = round(s["bp"] / max(1, s["tokens"] - wrap * s["segments"]), 4)
+        else:  # a token file left by an earlier run whose segments are gone would be read as current
+            (tok_dir / f"{split}.bin").unlink(missing_ok=True)
     content = sum(s["tokens"] - wrap * s["segments"] for s in splits.values())
     meta = {
         "kind": tc.kind,
