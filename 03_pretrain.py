@@ -1,6 +1,687 @@
-"""03_pretrain: not built yet (see the open issue for this step)."""
-import sys
+"""
+Masked-language-model pretraining: one process, DDP or FSDP2 under torchrun, exact resume.
+
+Reads <run dir>/tokenizer.json and tokens/{train,val}.bin + meta.json (02_train_tokenizer.py); writes
+checkpoints/step-N/, pretrain_log.csv, loss.png, config.toml and final/model.pt (04 reads it).
+
+    python 03_pretrain.py --config configs/demo.toml                 # one process: CPU or one GPU
+    torchrun --standalone --nproc_per_node=2 03_pretrain.py          # tinydnabert: DDP on 2 GPUs
+    torchrun --nnodes=32 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$HOST:29500 \\
+        03_pretrain.py --config configs/dnafm_7b.toml                # FSDP2 (its preset: parallel = "fsdp")
+    python 03_pretrain.py --config configs/dnafm_7b.toml --dry-run   # memory plan, FLOPs, run time; no GPU needed
+    ... --resume                                                     # continue from the latest complete checkpoint
+
+One optimizer step (global batch = batch_size x grad_accum x world_size blocks of seq_len tokens):
+  data    packed blocks of the flat uint16 token stream (segments joined by their special tokens, no
+          padding), visited in a seeded random order per epoch; rank r reads its own rows of each
+          global micro-batch. The position (epoch, index) is saved in every checkpoint.
+  mask    15% of non-special tokens: 80% -> <mask>, 10% -> a random token, 10% kept. The noise is
+          drawn for the whole global micro-batch from a generator seeded by (seed, step, micro-step),
+          so it is a pure function of the step: the same on 1 or N ranks, and nothing to save.
+  loss    cross-entropy at the masked positions, averaged over every masked token of the global batch
+          (so DDP, FSDP and gradient accumulation give the single-process gradient).
+  update  AdamW (no decay on biases and norms), lr a pure function of the step (linear warm-up, linear
+          decay to min_lr), gradient clipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import math
+import os
+import random
+import re
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
+from tqdm import tqdm
+
+import model as modeling
+from common import (Config, ConfigError, Dist, UserError, atomic_torch_save, atomic_write_bytes, atomic_write_text,
+                    load_config, load_tokenizer, print0, read_token_meta, run_main, save_config, setup_distributed,
+                    teardown_distributed)
+
+# bf16 dense tensor-core peak (TFLOP/s) and memory (GB) of the GPUs a lab is likely to have; for MFU and
+# the --dry-run plan. The first name that occurs in torch.cuda.get_device_name() wins.
+GPUS = [("H100 PCIe", 756, 80), ("H100", 989, 80), ("H200", 989, 141), ("A100", 312, 80), ("RTX 4090", 165, 24)]
+
+
+def gpu_spec(name: str) -> tuple[float, float] | None:
+    for key, tflops, mem_gb in GPUS:
+        if key.lower() in name.lower():
+            return tflops, mem_gb
+    return None
+
+
+def check_config(cfg: Config) -> None:
+    pc = cfg.pretrain
+    if pc.parallel not in ("ddp", "fsdp"):
+        raise ConfigError(f"pretrain.parallel = '{pc.parallel}': expected 'ddp' or 'fsdp'")
+    if pc.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"pretrain.precision = '{pc.precision}': expected 'auto', 'fp32' or 'bf16'")
+    if pc.seq_len > cfg.model.max_seq_len:
+        raise ConfigError(f"pretrain.seq_len = {pc.seq_len} > model.max_seq_len = {cfg.model.max_seq_len}")
+    for key in ("seq_len", "batch_size", "grad_accum", "max_steps", "log_interval", "eval_interval",
+                "eval_batches", "ckpt_interval", "keep_checkpoints", "dry_run_gpus"):
+        if getattr(pc, key) < 1:
+            raise ConfigError(f"pretrain.{key} = {getattr(pc, key)}: must be at least 1")
+    if not 0 <= pc.warmup_steps <= pc.max_steps:
+        raise ConfigError(f"pretrain.warmup_steps = {pc.warmup_steps}: must be in [0, max_steps = {pc.max_steps}]")
+    if not 0 < pc.mask_prob < 1:
+        raise ConfigError(f"pretrain.mask_prob = {pc.mask_prob}: must be in (0, 1)")
+
+
+# -----------------------------------------------------------------------------
+# --dry-run: what a run needs per GPU and how long it takes, from the config alone (meta device)
+
+
+def activation_elements(mcfg: modeling.ModelConfig) -> int:
+    """Activations one block keeps for backward, in elements per token (flash attention: no T x T scores).
+    ln_attn in C, qkv in C, SDPA q k v + out 4C, proj in C, ln_mlp in C, fc1 in C = 9C, plus the MLP
+    inner tensors: GELU in + out 2F, SwiGLU fc1 out 2F + silu out F + product F = 4F. With F = 4C
+    this is 17C elements = 34C bytes in bf16, Korthikanti et al.'s 34 s b h per layer."""
+    return 9 * mcfg.hidden_size + (4 if mcfg.mlp == "swiglu" else 2) * mcfg.ffn_size
+
+
+def dry_run(cfg: Config) -> None:
+    pc, mcfg = cfg.pretrain, cfg.model
+    world = int(os.environ.get("WORLD_SIZE", 0)) or pc.dry_run_gpus
+    fsdp = pc.parallel == "fsdp" and world > 1
+    spec = gpu_spec(pc.dry_run_gpu)
+    if spec is None:
+        raise ConfigError(f"pretrain.dry_run_gpu = '{pc.dry_run_gpu}': known GPUs: {', '.join(g[0] for g in GPUS)}")
+    peak_tflops, gpu_mem_gb = pc.gpu_peak_tflops or spec[0], spec[1]
+    with torch.device("meta"):  # no memory, no time: 7 B parameters are just shapes here
+        net = modeling.MaskedLM(mcfg)
+    n_params = modeling.num_parameters(net)
+    n_block = sum(p.numel() for p in net.encoder.blocks[0].parameters())
+    fpt = modeling.flops_per_token(mcfg, pc.seq_len, head_fraction=pc.mask_prob)
+    tokens_gpu = pc.batch_size * pc.seq_len  # per micro-batch per GPU
+    tokens_step = tokens_gpu * pc.grad_accum * world
+    bf16 = pc.precision != "fp32"  # "auto" means bf16 on the GPUs this plan is for
+    act_bytes = 2 if bf16 else 4
+    GB = 1e9
+
+    # Per-GPU memory. fp32 master weights, fp32 gradients and AdamW's two fp32 moments: 16 bytes per
+    # parameter, divided by the world size under FSDP. FSDP also holds unsharded bf16 copies of about two
+    # blocks at a time (the one computing and the one prefetched), their params and their grads.
+    shard = world if fsdp else 1
+    plan = {"weights (fp32)": 4 * n_params / shard, "gradients (fp32)": 4 * n_params / shard,
+            "AdamW moments (2 x fp32)": 8 * n_params / shard}
+    if fsdp:
+        plan["FSDP unsharded blocks (~2, params + grads)"] = 2 * 2 * n_block * act_bytes
+    per_layer = tokens_gpu * activation_elements(mcfg) * act_bytes
+    embed_head = tokens_gpu * 2 * mcfg.hidden_size * act_bytes + pc.mask_prob * tokens_gpu * (
+        3 * mcfg.hidden_size * act_bytes + 8 * mcfg.vocab_size)  # embeddings; LM head at masked tokens, fp32 logits + grad
+    act_full = mcfg.num_layers * per_layer + embed_head
+    # activation checkpointing keeps only each block's input and recomputes one block at a time
+    act_ckpt = mcfg.num_layers * tokens_gpu * mcfg.hidden_size * act_bytes + per_layer + embed_head
+    state_total = sum(plan.values())
+
+    print(f"{cfg.run.name}: {n_params:,} parameters ({n_block:,} per block x {mcfg.num_layers} blocks)")
+    print(f"  FLOPs per token (training, LM head at the {pc.mask_prob:.0%} masked tokens): {fpt:.3e}")
+    print(f"  tokens per step: {tokens_step:,} = {pc.batch_size} x {pc.seq_len:,} tokens x {pc.grad_accum} "
+          f"accumulation x {world} GPUs; {pc.max_steps:,} steps = {tokens_step * pc.max_steps:.3e} tokens")
+    layout = f"FSDP2 over {world} GPUs" if fsdp else ("DDP, full replica per GPU" if world > 1 else "one GPU")
+    print(f"  memory per GPU ({layout}, {'bf16' if bf16 else 'fp32'} activations, "
+          f"micro-batch {pc.batch_size} x {pc.seq_len:,}):")
+    for name, b in plan.items():
+        print(f"    {name:<44} {b / GB:>9.2f} GB")
+    for ac, act in ((False, act_full), (True, act_ckpt)):
+        chosen = " <- configured" if ac == pc.activation_checkpointing else ""
+        total = state_total + act
+        verdict = "fits" if total < 0.9 * gpu_mem_gb * GB else "does NOT fit"
+        label = f"activations, checkpointing {'on' if ac else 'off'}"
+        print(f"    {label:<44} {act / GB:>9.2f} GB   -> total {total / GB:.2f} GB: {verdict} in "
+              f"{pc.dry_run_gpu}'s {gpu_mem_gb:g} GB{chosen}")
+    print("    (estimate: flash attention, no allocator fragmentation or communication buffers; keep ~10% spare)")
+    total_flops = fpt * tokens_step * pc.max_steps
+    seconds = total_flops / (world * peak_tflops * 1e12 * pc.dry_run_mfu)
+    wall = f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+    gpu_hours = seconds * world / 3600
+    print(f"  time: {total_flops:.3e} FLOPs at {pc.dry_run_mfu:.0%} MFU on {world} x {pc.dry_run_gpu} "
+          f"({peak_tflops:g} TFLOP/s bf16 dense) = {wall} wall-clock, {gpu_hours:,.{0 if gpu_hours >= 100 else 1}f} GPU-hours")
+
+
+# -----------------------------------------------------------------------------
+# data: packed blocks from the flat uint16 token file, and MLM masking
+
+
+class BlockStream:
+    """A token file cut into n_blocks consecutive blocks of seq_len tokens (packing: a block may span
+    segments; each segment carries its own special tokens). take(n) returns the next n block ids in a
+    seeded random order; a new epoch (new order) starts when fewer than n remain. (epoch, index) is all
+    the state: the order is a pure function of (seed, epoch)."""
+
+    def __init__(self, path: Path, seq_len: int, seed: int):
+        tokens = np.memmap(path, dtype=np.uint16, mode="r")
+        self.n_blocks = len(tokens) // seq_len
+        self.blocks = tokens[: self.n_blocks * seq_len].reshape(self.n_blocks, seq_len)  # (N, T) view, nothing read
+        self.seed, self.epoch, self.index = seed, 0, 0
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def order(self) -> np.ndarray:
+        if self._order is None or self._order[0] != self.epoch:
+            self._order = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(self.n_blocks))
+        return self._order[1]
+
+    def take(self, n: int) -> np.ndarray:
+        if self.index + n > self.n_blocks:
+            self.epoch, self.index = self.epoch + 1, 0
+        ids = self.order()[self.index: self.index + n]
+        self.index += n
+        return ids
+
+    def read(self, ids: np.ndarray, device: torch.device) -> torch.Tensor:
+        """(len(ids), T) int64 on device. A fancy-indexed read of the memmap (a copy of just these rows),
+        pinned and copied asynchronously on CUDA."""
+        x = torch.from_numpy(self.blocks[ids].astype(np.int64))
+        if device.type == "cuda":
+            return x.pin_memory().to(device, non_blocking=True)
+        return x
+
+
+def seed_for(*keys: int) -> int:
+    """A 63-bit seed for one independent random stream, e.g. seed_for(seed, 0, step, micro)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class Masker:
+    """BERT's MLM corruption, vectorised on the device. Each call draws the noise for a global batch of
+    `global_rows` rows from a generator seeded with `seed`, and applies this rank's `rows` of it, so
+    every rank (and a single process holding all rows) sees the same masks for the same rows."""
+
+    def __init__(self, table_size: int, vocab_size: int, special_ids: list[int], mask_id: int, mask_prob: float,
+                 device: torch.device):
+        self.is_special = torch.zeros(table_size, dtype=torch.bool, device=device)
+        self.is_special[special_ids] = True
+        # random replacements: any real (non-special) token of the tokenizer
+        self.regular = torch.tensor([i for i in range(vocab_size) if i not in set(special_ids)], device=device)
+        self.mask_id, self.mask_prob, self.device = mask_id, mask_prob, device
+        self.gen = torch.Generator(device=device)
+
+    def __call__(self, ids: torch.Tensor, seed: int, global_rows: int, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (B, T) -> inputs (B, T) corrupted, labels (B, T) = original id at targets, -100 elsewhere."""
+        self.gen.manual_seed(seed)
+        shape = (global_rows, ids.shape[1])
+        u = torch.rand(shape, generator=self.gen, device=self.device)[rows]  # (B, T) uniform [0, 1)
+        rnd = torch.randint(len(self.regular), shape, generator=self.gen, device=self.device)[rows]
+        target = (u < self.mask_prob) & ~self.is_special[ids]
+        labels = ids.masked_fill(~target, -100)
+        r = u / self.mask_prob  # uniform [0, 1) again at the targets: splits them 80 / 10 / 10
+        inputs = torch.where(target & (r < 0.8), self.mask_id, ids)
+        inputs = torch.where(target & (r >= 0.8) & (r < 0.9), self.regular[rnd], inputs)
+        return inputs, labels
+
+
+# -----------------------------------------------------------------------------
+# model: build (maybe on the meta device), then activation checkpointing -> per-block compile ->
+# FSDP2 or DDP, torchtitan's order
+
+
+def parallelize(net: modeling.MaskedLM, cfg: Config, d: Dist, bf16: bool, seed: int) -> torch.nn.Module:
+    pc, device = cfg.pretrain, torch.device(d.device)
+    if pc.activation_checkpointing:
+        # keep each block's input only; recompute its insides in backward. Patching forward (not wrapping
+        # the module) keeps the state-dict keys unchanged.
+        from torch.utils.checkpoint import checkpoint
+        for block in net.encoder.blocks:
+            block.forward = _checkpointed(checkpoint, block.forward)
+    if pc.compile:
+        for block in net.encoder.blocks:  # per block: static shapes; the data-dependent LM-head gather stays eager
+            block.compile()
+    fsdp = pc.parallel == "fsdp" and d.is_distributed
+    if fsdp:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mesh = init_device_mesh(device.type, (d.world_size,))  # always explicit (pytorch#132471)
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+        for block in net.encoder.blocks:
+            fully_shard(block, mesh=mesh, mp_policy=mp)
+        # the root unit: embeddings, final norm and LM head, so the tied word embedding / decoder is one unit
+        fully_shard(net, mesh=mesh, mp_policy=mp)
+    if pc.meta_init:  # materialise (only this rank's shards under FSDP), then initialise once
+        net.to_empty(device=device)
+        torch.manual_seed(seed)
+        net.init_weights()
+        if fsdp:
+            _zero_sharded_padding_rows(net, d)
+    else:
+        net.to(device)
+    if d.is_distributed and not fsdp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        return DDP(net, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+    return net
+
+
+def _checkpointed(checkpoint, forward):
+    def run(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return run
+
+
+@torch.no_grad()
+def _zero_sharded_padding_rows(net: modeling.MaskedLM, d: Dist) -> None:
+    """init_weights() zeroes an embedding's padding row with weight[pad].zero_(), which is a silent no-op on
+    a dim-0-sharded DTensor (torch 2.13). FSDP2 shards dim 0 like torch.chunk: rank r holds rows
+    [r * ceil(V / W), ...), so zero the row in the rank that holds it."""
+    for emb in (net.encoder.wte, net.encoder.wpe):
+        if emb is None or emb.padding_idx is None:
+            continue
+        local = emb.weight.to_local()
+        row = emb.padding_idx - d.rank * math.ceil(emb.weight.shape[0] / d.world_size)
+        if 0 <= row < local.shape[0]:
+            local[row].zero_()
+
+
+def configure_optimizer(net: torch.nn.Module, pc, device: torch.device) -> torch.optim.AdamW:
+    # decay the matrices (linear weights, embeddings); not biases and LayerNorm weights (all 1-D),
+    # as RoBERTa / Hugging Face's no_decay = ["bias", "LayerNorm.weight"]
+    params = [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": pc.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = device.type == "cuda"  # one kernel for the whole update; foreach elsewhere
+    return torch.optim.AdamW(groups, lr=pc.lr, betas=(pc.beta1, pc.beta2), eps=pc.eps,
+                             fused=fused, foreach=None if fused else True)
+
+
+def lr_at(step: int, pc) -> float:
+    """Linear warm-up over warmup_steps (step 0 already gets lr/warmup), then linear decay to min_lr at max_steps."""
+    if step < pc.warmup_steps:
+        return pc.lr * (step + 1) / pc.warmup_steps
+    frac = (step - pc.warmup_steps) / max(1, pc.max_steps - pc.warmup_steps)
+    return pc.min_lr + (pc.lr - pc.min_lr) * max(0.0, 1.0 - frac)
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: checkpoints/step-N/ appears by renaming a finished step-N.tmp/, so a crash mid-write
+# leaves the older checkpoints as they were; --resume takes the highest complete step-N.
+
+
+def rng_state(device: torch.device) -> dict:
+    return {"python": random.getstate(),
+            "numpy": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    random.setstate(state["python"])
+    kind, key, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(key, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (step-N.tmp folders are unfinished writes and never listed)."""
+    found = [(int(m.group(1)), p) for p in ckpt_dir.glob("step-*") if (m := re.fullmatch(r"step-(\d+)", p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _barrier(d: Dist) -> None:
+    if d.is_distributed:
+        dist.barrier()
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, net, optimizer, extra: dict, d: Dist, sharded: bool, keep: int) -> Path:
+    """Single process / DDP: rank 0 writes one state.pt (model and optimizer as full state dicts keyed by
+    parameter name, every rank's RNG state, `extra`). FSDP: a torch.distributed.checkpoint folder (each
+    rank writes its shards; it reloads on any number of ranks) + meta.pt + rng-rank<r>.pt."""
+    final, tmp = ckpt_dir / f"step-{step}", ckpt_dir / f"step-{step}.tmp"
+    if d.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier(d)
+    model_sd, optim_sd = get_state_dict(net, optimizer)  # DDP's "module." prefix is dropped
+    rng = rng_state(torch.device(d.device))
+    if sharded:
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp)
+        atomic_torch_save(rng, tmp / f"rng-rank{d.rank}.pt")
+        if d.is_main:
+            atomic_torch_save(extra, tmp / "meta.pt")
+    else:
+        rngs = [None] * d.world_size
+        if d.is_distributed:
+            dist.all_gather_object(rngs, rng)
+        else:
+            rngs = [rng]
+        if d.is_main:
+            atomic_torch_save({"model": model_sd, "optimizer": optim_sd, "rng": rngs, **extra}, tmp / "state.pt")
+    _barrier(d)
+    if d.is_main:
+        if final.exists():  # only if an earlier run got this far: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fd = os.open(ckpt_dir, os.O_RDONLY)  # make the rename itself durable
+        os.fsync(fd)
+        os.close(fd)
+        for old in complete_checkpoints(ckpt_dir)[:-keep]:
+            shutil.rmtree(old)
+        for stale in ckpt_dir.glob("step-*.tmp"):  # left by a crash
+            shutil.rmtree(stale, ignore_errors=True)
+    _barrier(d)
+    return final
+
+
+def load_checkpoint(path: Path, net, optimizer, d: Dist, sharded: bool) -> dict:
+    """Load model + optimizer into the (possibly wrapped or sharded) model; restore this rank's RNG state
+    when the world size is unchanged. Returns the saved `extra` (step, data position, config...)."""
+    device = torch.device(d.device)
+    if (path / "state.pt").is_file():
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        # full (unsharded) state dicts: under FSDP every rank keeps just its shard of them
+        options = StateDictOptions(full_state_dict=True) if sharded else None
+        set_state_dict(net, optimizer, model_state_dict=state.pop("model"), optim_state_dict=state.pop("optimizer"),
+                       options=options)
+        rngs = state.pop("rng")
+        rng = rngs[d.rank] if len(rngs) == d.world_size else None
+        extra = state
+    elif (path / "meta.pt").is_file():
+        model_sd, optim_sd = get_state_dict(net, optimizer)  # the layout to load into
+        loaded = {"model": model_sd, "optimizer": optim_sd}
+        dcp.load(loaded, checkpoint_id=path)  # reshards to this world size
+        set_state_dict(net, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+        extra = torch.load(path / "meta.pt", weights_only=True)
+        rng_file = path / f"rng-rank{d.rank}.pt"
+        rng = (torch.load(rng_file, weights_only=True)
+               if extra["world_size"] == d.world_size and rng_file.is_file() else None)
+    else:
+        raise UserError(f"{path}: not a checkpoint (no state.pt or meta.pt)")
+    if rng is not None:
+        set_rng_state(rng, device)
+    else:
+        print0(f"note: {path} was written by {extra['world_size']} processes, this run has {d.world_size}: "
+               "random streams re-seeded, so this resume is not bit-exact")
+        torch.manual_seed(seed_for(extra["config"]["run"]["seed"], 3, extra["step"], d.rank))
+    return extra
+
+
+# -----------------------------------------------------------------------------
+# validation: a fixed subset of val blocks with fixed masks, so every evaluation scores the same task
+
+
+@torch.no_grad()
+def evaluate(net, stream: BlockStream, eval_ids: np.ndarray, masker: Masker, rows_per_rank: int, seed: int,
+             d: Dist, autocast, vocab_size: int) -> tuple[float, float, float]:
+    """-> (MLM loss, masked-token accuracy, accuracy of always guessing the most frequent target)."""
+    net.eval()
+    device = torch.device(d.device)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, targets
+    counts = torch.zeros(vocab_size, dtype=torch.float64, device=device)  # target histogram
+    chunk = rows_per_rank * d.world_size
+    for i, start in enumerate(range(0, len(eval_ids), chunk)):
+        ids = eval_ids[start: start + chunk]  # len is a multiple of world_size
+        per_rank = len(ids) // d.world_size
+        rows = slice(d.rank * per_rank, (d.rank + 1) * per_rank)
+        inputs, labels = masker(stream.read(ids[rows], device), seed_for(seed, 1, i), len(ids), rows)
+        with autocast:
+            logits, loss = net(inputs, labels=labels)
+        targets = labels[labels != -100]
+        totals += torch.stack([loss.double() * len(targets), (logits.argmax(-1) == targets).sum().double(),
+                               torch.tensor(len(targets), dtype=torch.float64, device=device)])
+        counts += torch.bincount(targets, minlength=vocab_size)[:vocab_size].double()
+    if d.is_distributed:
+        dist.all_reduce(totals)
+        dist.all_reduce(counts)
+    net.train()
+    n = max(totals[2].item(), 1.0)
+    return totals[0].item() / n, totals[1].item() / n, counts.max().item() / n
+
+
+# -----------------------------------------------------------------------------
+# log: pretrain_log.csv (one row per log step and per evaluation) and loss.png
+
+LOG_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "mem_gb",
+               "val_loss", "val_acc", "val_const_acc"]
+
+
+def plot_losses(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") not in ("", None)]
+    val = [(int(r["step"]), float(r["val_loss"]), float(r["val_acc"])) for r in rows if r.get("val_loss") not in ("", None)]
+    fig, (ax, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        ax.plot(*zip(*train), label="train (masked tokens)", lw=1)
+    if val:
+        ax.plot([v[0] for v in val], [v[1] for v in val], "o-", label="validation")
+        ax_acc.plot([v[0] for v in val], [v[2] for v in val], "o-", color="C1", label="validation")
+        const = [float(r["val_const_acc"]) for r in rows if r.get("val_const_acc") not in ("", None)]
+        ax_acc.axhline(const[-1], color="grey", ls="--", label="most frequent token")
+    ax.set(xlabel="step", ylabel="MLM loss (nats)", title="masked-LM loss")
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="masked-token accuracy")
+    for a in (ax, ax_acc):
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # CPU: peak resident set (KB on Linux)
+
+
+# -----------------------------------------------------------------------------
+
+
+def main() -> None:
+    cfg, flags = load_config(flags=("--resume", "--dry-run"))
+    check_config(cfg)
+    if "--dry-run" in flags:
+        dry_run(cfg)
+        return
+    d = setup_distributed(cfg.run.device)
+    try:
+        pretrain(cfg, d, resume="--resume" in flags)
+    finally:
+        teardown_distributed()
+
+
+def pretrain(cfg: Config, d: Dist, resume: bool) -> None:
+    pc, seed = cfg.pretrain, cfg.run.seed
+    out = cfg.out_dir
+    device = torch.device(d.device)
+    sharded = pc.parallel == "fsdp" and d.is_distributed
+    bf16 = pc.precision == "bf16" or (pc.precision == "auto" and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (precision = "fp32") on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+
+    # ---- tokenizer and token files (02's outputs), checked against each other and the model
+    _, special = load_tokenizer(out / "tokenizer.json", cfg.model)
+    meta = read_token_meta(out / "tokens", out / "tokenizer.json")  # refuses token files of another tokenizer
+    train = BlockStream(out / "tokens" / "train.bin", pc.seq_len, seed)
+    val = BlockStream(out / "tokens" / "val.bin", pc.seq_len, seed)
+    rows_step = pc.batch_size * d.world_size  # rows of one global micro-batch
+    if train.n_blocks < rows_step:
+        raise UserError(f"{out / 'tokens' / 'train.bin'}: {train.n_blocks:,} blocks of {pc.seq_len} tokens, fewer "
+                        f"than one global micro-batch ({pc.batch_size} x {d.world_size} ranks); lower pretrain.batch_size")
+    if val.n_blocks < d.world_size:
+        raise UserError(f"{out / 'tokens' / 'val.bin'}: {val.n_blocks} blocks of {pc.seq_len} tokens; need at least "
+                        f"{d.world_size}: lower pretrain.seq_len or hold out more validation data")
+    n_eval = min(pc.eval_batches * rows_step, val.n_blocks) // d.world_size * d.world_size
+    eval_ids = np.random.default_rng([seed, 2]).permutation(val.n_blocks)[:n_eval]  # the fixed validation subset
+    special_ids = sorted(set(special.all) | set(meta["special_ids"]))
+    masker = Masker(cfg.model.vocab_size, meta["vocab_size"], special_ids, meta["mask_id"], pc.mask_prob, device)
+
+    # ---- model and optimizer. Same seed on every rank: identical initial weights (FSDP keeps its shard).
+    torch.manual_seed(seed)
+    with torch.device("meta") if pc.meta_init else contextlib.nullcontext():
+        net = modeling.MaskedLM(cfg.model)
+    n_params = modeling.num_parameters(net)
+    model = parallelize(net, cfg, d, bf16, seed)
+    optimizer = configure_optimizer(model, pc, device)
+    # bf16 autocast for single process / DDP; FSDP casts through its MixedPrecisionPolicy instead
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and not sharded
+                else contextlib.nullcontext())
+    torch.manual_seed(seed_for(seed, 2, d.rank))  # dropout: a different stream on every rank
+
+    # ---- resume, or start fresh
+    ckpt_dir = out / "checkpoints"
+    log_path = out / "pretrain_log.csv"
+    step, rows = 0, []
+    latest = complete_checkpoints(ckpt_dir)[-1:] if ckpt_dir.is_dir() else []
+    if resume and latest:
+        extra = load_checkpoint(latest[0], model, optimizer, d, sharded)
+        if extra["config"]["model"] != dataclasses.asdict(cfg.model):
+            raise UserError(f"{latest[0]}: saved with a different [model] config than this run's; "
+                            f"resume with the run's {out / 'config.toml'}")
+        step = extra["step"]
+        train.epoch, train.index = extra["data"]["epoch"], extra["data"]["index"]
+        if log_path.is_file():  # drop rows logged after this checkpoint: the resumed run logs them again
+            with open(log_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        print0(f"resumed from {latest[0]} (step {step:,}, epoch {train.epoch}, block {train.index:,})")
+    elif resume:
+        print0(f"--resume: no checkpoint in {ckpt_dir}; starting from step 0")
+    elif latest and d.is_main:  # re-running replaces an earlier run's outputs
+        print0(f"starting over: removing the checkpoints of an earlier run in {ckpt_dir} (use --resume to continue it)")
+        shutil.rmtree(ckpt_dir)
+        shutil.rmtree(out / "final", ignore_errors=True)
+    if d.is_main:
+        save_config(cfg, out)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(log_path, buf.getvalue())
+        log_file = open(log_path, "a", newline="")
+        log = csv.DictWriter(log_file, fieldnames=LOG_COLUMNS, lineterminator="\n")
+
+    stop = min(pc.stop_at or pc.max_steps, pc.max_steps)
+    tokens_step = pc.batch_size * pc.seq_len * pc.grad_accum * d.world_size
+    flops_token = modeling.flops_per_token(cfg.model, pc.seq_len, head_fraction=pc.mask_prob)
+    spec = gpu_spec(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    peak_flops = (pc.gpu_peak_tflops or (spec[0] if spec else 0.0)) * 1e12 * d.world_size
+    print0(f"{cfg.run.name}: {n_params:,} parameters on {d.world_size} x {device.type}"
+           f"{' (FSDP2)' if sharded else ' (DDP)' if d.is_distributed else ''}, {'bf16' if bf16 else 'fp32'}; "
+           f"{tokens_step:,} tokens per step; train {train.n_blocks:,} blocks, validation subset {n_eval:,} blocks")
+
+    # ---- the training loop
+    def checkpoint_now() -> None:
+        extra = {"step": step, "data": {"epoch": train.epoch, "index": train.index},
+                 "config": dataclasses.asdict(cfg), "world_size": d.world_size}
+        if d.is_main:  # the log up to here is durable together with the checkpoint
+            log_file.flush()
+            os.fsync(log_file.fileno())
+        save_checkpoint(ckpt_dir, step, model, optimizer, extra, d, sharded, pc.keep_checkpoints)
+
+    def log_row(**values) -> None:
+        row = {k: values.get(k, "") for k in LOG_COLUMNS}
+        rows.append(row)
+        log.writerow(row)
+        log_file.flush()
+
+    model.train()
+    t_last, step_last = time.perf_counter(), step
+    with tqdm(total=pc.max_steps, initial=step, desc="pretrain", unit="step", disable=not d.is_main,
+              dynamic_ncols=True) as bar:
+        while step < stop:
+            lr = lr_at(step, pc)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # all micro-batches of the step first, so the loss can be normalised by the global target count
+            batches = []
+            for micro in range(pc.grad_accum):
+                ids = train.take(rows_step)[d.rank * pc.batch_size: (d.rank + 1) * pc.batch_size]
+                rows_mine = slice(d.rank * pc.batch_size, (d.rank + 1) * pc.batch_size)
+                batches.append(masker(train.read(ids, device), seed_for(seed, 0, step, micro), rows_step, rows_mine))
+            n_targets = torch.stack([(labels != -100).sum() for _, labels in batches]).sum().double()
+            if d.is_distributed:
+                dist.all_reduce(n_targets)  # masked tokens in the whole global batch
+            n_targets.clamp_(min=1)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            for micro, (inputs, labels) in enumerate(batches):
+                last = micro == pc.grad_accum - 1
+                if sharded:  # reduce-scatter gradients only after the last micro-batch
+                    model.set_requires_gradient_sync(last)
+                sync = model.no_sync() if d.is_distributed and not sharded and not last else contextlib.nullcontext()
+                with sync:
+                    with autocast:
+                        _, loss = model(inputs, labels=labels)  # mean CE over this micro-batch's targets
+                    n = (labels != -100).sum()
+                    # DDP / FSDP average gradients over ranks, hence x world_size: the result is the gradient of
+                    # (sum of CE over all targets of the global batch) / (their number)
+                    (loss * (n * d.world_size / n_targets).float()).backward()
+                loss_sum += loss.detach().double() * n
+            if d.is_distributed:
+                dist.all_reduce(loss_sum)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pc.grad_clip if pc.grad_clip > 0 else math.inf)
+            if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+                grad_norm = grad_norm.full_tensor()
+            loss_value, norm_value = torch.stack([loss_sum / n_targets, grad_norm.double()]).tolist()  # one host sync
+            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                good = complete_checkpoints(ckpt_dir)
+                raise UserError(f"step {step + 1}: loss {loss_value} / grad norm {norm_value} is not finite; stopped before "
+                                f"the update. Last good checkpoint: {good[-1] if good else 'none'} "
+                                f"(lower pretrain.lr or raise warmup_steps, then --resume)")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+
+            if d.is_main and (step % pc.log_interval == 0 or step == stop):
+                now = time.perf_counter()
+                tok_s = (step - step_last) * tokens_step / (now - t_last)
+                t_last, step_last = now, step
+                mfu = flops_token * tok_s / peak_flops if peak_flops else None
+                mem = peak_memory_gb(device)
+                log_row(step=step, tokens=step * tokens_step, loss=f"{loss_value:.8g}", lr=f"{lr:.6g}",
+                        grad_norm=f"{norm_value:.6g}", tokens_per_s=f"{tok_s:.0f}",
+                        mfu="" if mfu is None else f"{mfu:.4f}", mem_gb=f"{mem:.2f}")
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                bar.write(f"step {step:,}/{pc.max_steps:,} | loss {loss_value:.4f} | lr {lr:.2e} | grad norm "
+                          f"{norm_value:.3f} | {tok_s:,.0f} tok/s | MFU {'n/a' if mfu is None else f'{mfu:.1%}'} | "
+                          f"mem {mem:.2f} GB")
+            t_pause = time.perf_counter()  # evaluation and checkpoints do not count towards tokens/s
+            if step % pc.eval_interval == 0 or step == pc.max_steps:
+                val_loss, val_acc, const_acc = evaluate(model, val, eval_ids, masker, pc.batch_size, seed, d, autocast,
+                                                        meta["vocab_size"])
+                if d.is_main:
+                    log_row(step=step, tokens=step * tokens_step, val_loss=f"{val_loss:.8g}", val_acc=f"{val_acc:.6f}",
+                            val_const_acc=f"{const_acc:.6f}")
+                    bar.write(f"step {step:,}: validation loss {val_loss:.4f}, masked-token accuracy {val_acc:.2%} "
+                              f"(most frequent token: {const_acc:.2%})")
+                    plot_losses(rows, out / "loss.png")
+            if step % pc.ckpt_interval == 0 or step == stop:
+                checkpoint_now()
+            t_last += time.perf_counter() - t_pause
+
+    # ---- outputs: the plot, and the final weights as one unsharded fp32 file for 04
+    if d.is_main:
+        log_file.close()
+        if not (rows and rows[-1]["val_loss"] and int(rows[-1]["step"]) == step):  # else just drawn
+            plot_losses(rows, out / "loss.png")
+    if step == pc.max_steps:
+        # collective under FSDP: every rank takes part, rank 0 receives the full tensors on the CPU
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if d.is_main:
+            atomic_torch_save({k: v.float().cpu() for k, v in state.items()}, out / "final" / "model.pt")
+            save_config(cfg, out / "final")
+            print0(f"final weights: {out / 'final' / 'model.pt'}")
+    else:
+        print0(f"stopped at step {step:,} of {pc.max_steps:,} (pretrain.stop_at); continue with --resume")
+
 
 if __name__ == "__main__":
-    print("03_pretrain.py: not built yet", file=sys.stderr)
-    sys.exit(2)
+    run_main(main)

@@ -132,6 +132,11 @@ class PretrainConfig:
     ckpt_interval: int = 5000
     keep_checkpoints: int = 3
     gpu_peak_tflops: float = 0.0  # for MFU; 0 = look the GPU up (H100 bf16 dense: 989)
+    stop_at: int = 0  # end this run after this step, checkpointed (0 = max_steps); the lr schedule still
+    #                   runs to max_steps, so `--resume` continues as if never stopped (time-limited jobs)
+    dry_run_gpus: int = 1  # --dry-run plans for this many GPUs (the preset's intended count); WORLD_SIZE wins
+    dry_run_gpu: str = "H100"  # --dry-run: the GPU to plan for: "H100", "H200", "A100", "RTX 4090"
+    dry_run_mfu: float = 0.4  # --dry-run: the model-FLOPs utilisation the time estimate assumes
 
 
 @dataclass
