@@ -1,0 +1,151 @@
+"""
+Small helpers the bench scripts share: the row format, the machine description, GPU peak FLOP/s,
+timing by interleaved rounds, and writing a CSV under bench/results/.
+
+A row is a dict with the columns of ROW_FIELDS. `ratio` is ours / baseline for times (lower is
+better) and `met` compares it with `target` ("<= 1.0", ">= 20", ...); a row that could not be
+measured has ratio "" and says why in `note` ("not measured (no GPU)").
+"""
+
+import csv
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))  # common.py, model.py
+from common import atomic_open  # noqa: E402
+ROW_FIELDS = ("figure", "what", "baseline", "ours", "ratio", "target", "met", "note")
+
+
+def row(figure, what, baseline="", ours="", ratio=None, target="", note=""):
+    """One table row; `met` is derived from ratio and target ("yes"/"no"/"" when unknown)."""
+    r = "" if ratio is None else f"{ratio:.3f}"
+    return dict(figure=str(figure), what=what, baseline=baseline, ours=ours, ratio=r, target=target,
+                met=target_met(ratio, target), note=note)
+
+
+def target_met(ratio, target):
+    if ratio is None or not target:
+        return ""
+    op, _, value = target.partition(" ")
+    try:
+        value = float(value)
+    except ValueError:
+        return ""
+    if op == "<=":
+        return "yes" if ratio <= value else "no"
+    if op == ">=":
+        return "yes" if ratio >= value else "no"
+    return ""
+
+
+def load_str():
+    """The 1/5/15-minute load averages: other people's work on a shared machine skews every time."""
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info():
+    """What a reader needs to compare two tables: CPU, cores, torch, GPU."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "gpu": gpu, "python": platform.python_version()}
+
+
+def load_script(filename):
+    """Import a numbered script (digit-leading names cannot be imported by name), e.g. 03_pretrain.py,
+    to reuse its functions instead of writing them twice. Cached: loaded once per process."""
+    name = "_script_" + Path(filename).stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / filename)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
+def gpu_peak_tflops(override=0.0):
+    """bf16 dense peak TFLOP/s of GPU 0 from 03_pretrain.py's table (override > 0 wins); 0.0 when
+    unknown, and MFU is then left out rather than guessed."""
+    if override > 0:
+        return override
+    spec = load_script("03_pretrain.py").gpu_spec(torch.cuda.get_device_name(0))
+    return float(spec[0]) if spec else 0.0
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved_times(steps, repeats, warmup, device="cpu"):
+    """Time each callable in `steps` (name -> fn) `repeats` times, interleaved round by round (the
+    order rotating each round), after `warmup` untimed rounds. Interleaving makes load that other
+    processes put on a shared machine fall on every contender alike.
+    Returns name -> list of seconds, one per round (index r of every list = the same round)."""
+    names = list(steps)
+    for _ in range(warmup):
+        for n in names:
+            steps[n]()
+    sync(device)
+    times = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            sync(device)
+            t0 = time.perf_counter()
+            steps[n]()
+            sync(device)
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def paired_ratio(ours, base):
+    """Median over rounds of ours/base, each ratio taken within one round (same load)."""
+    return statistics.median(o / b for o, b in zip(ours, base))
+
+
+def write_rows(name, rows, meta=None, path=None):
+    """bench/results/<name>.csv (or `path`) with ROW_FIELDS (+ any extra keys), replaced atomically;
+    `meta` goes first as "# key: value" comment lines. Returns the path."""
+    fields = list(ROW_FIELDS) + sorted({k for r in rows for k in r} - set(ROW_FIELDS))
+    path = Path(path) if path else RESULTS / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "w") as f:
+        if meta:  # comment lines before the header: date, machine, load
+            for k, v in meta.items():
+                f.write(f"# {k}: {v}\n")
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def format_table(rows, fields=ROW_FIELDS):
+    """A GitHub-markdown table (prints readably in a terminal too)."""
+    fields = [f for f in fields if any(str(r.get(f, "")) for r in rows)]
+    lines = ["| " + " | ".join(fields) + " |", "|" + "|".join("---" for _ in fields) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r.get(f, "")).replace("|", "/") for f in fields) + " |")
+    return "\n".join(lines)

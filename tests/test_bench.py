@@ -1,0 +1,84 @@
+"""The benchmark code runs (tiny shapes, no timed assertions): bench_model, bench_fsdp, run_all.
+
+Run: python -m pytest tests/test_bench.py -q   (CPU, ~20 s)
+"""
+
+import math
+import sys
+import textwrap
+
+import torch
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import bench_fsdp  # noqa: E402
+import bench_model  # noqa: E402
+import run_all  # noqa: E402
+from benchlib import ROW_FIELDS  # noqa: E402
+
+
+def test_bench_model_tiny_gives_finite_ratios(tmp_path):
+    out = tmp_path / "bench_model.csv"
+    rows = bench_model.main(["--tiny", "--batch", "1", "--seq-len", "16", "--repeats", "2", "--warmup", "1",
+                             "--threads", "1", "--out", str(out)])
+    measured = [r for r in rows if r["ratio"]]
+    assert len(measured) == 2  # ours (full logits) and ours (masked only), both against HF
+    assert all(math.isfinite(float(r["ratio"])) and float(r["ratio"]) > 0 for r in measured)
+    assert {r["target"] for r in measured} == {"<= 1.0", "<= 0.85"}
+    assert all(r["met"] in ("yes", "no") for r in measured)
+    if not torch.cuda.is_available():
+        assert [r["note"] for r in rows if not r["ratio"]] == ["not measured (no GPU)"] * 2
+    assert [r["what"] for r in run_all.read_csv(out)] == [r["what"] for r in rows]
+
+
+def test_bench_model_compares_the_same_model():
+    """Same weights and batch: HF and both of our loss paths agree in eval mode (else timing is moot)."""
+    cfg = bench_model.ModelConfig(**bench_model.TINY)
+    ours, hf = bench_model.build_models(cfg, "cpu", seed=0)
+    inputs, labels = bench_model.masked_batch(cfg, 2, 16, seed=0)
+    assert (labels != -100).any() and (inputs == bench_model.MASK_ID).any()
+    diff, loss = bench_model.check_same_loss(ours, hf, bench_model.loss_fns(ours, hf, inputs, labels, cfg.vocab_size))
+    assert diff < 1e-5 and math.isfinite(loss)
+    assert ours.training and hf.training  # back in train mode for the timing
+
+
+def test_bench_fsdp_tiny_runs_the_fsdp_path(tmp_path, monkeypatch):
+    # bench_fsdp sets RANK, WORLD_SIZE, ... for its 1-process group: setenv + delenv makes monkeypatch
+    # remove them again afterwards, so later tests do not think they run under torchrun
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(k, "unset")
+        monkeypatch.delenv(k)
+    rows = bench_fsdp.main(["--tiny", "--out", str(tmp_path / "fsdp.csv")])
+    assert len(rows) == 1 and "tok/s" in rows[0]["ours"] and "FSDP2" in rows[0]["what"]
+    assert float(rows[0]["ours"].split()[0].replace(",", "")) > 0
+    assert not torch.distributed.is_initialized()  # torn down
+
+
+def test_run_all_survives_missing_and_failing_scripts(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    (tmp_path / "bench_fails.py").write_text("import sys\nsys.exit('boom: no data')\n")
+    (tmp_path / "bench_ok.py").write_text(textwrap.dedent(f"""
+        import csv, pathlib
+        p = pathlib.Path({str(results)!r}) / "ok.csv"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames={list(ROW_FIELDS)!r})
+            w.writeheader()
+            w.writerow(dict(figure="7", what="fake step", baseline="2 s", ours="1 s", ratio="0.500",
+                            target="<= 1.0", met="", note=""))
+    """))
+    monkeypatch.setattr(run_all, "BENCH", tmp_path)
+    monkeypatch.setattr(run_all, "RESULTS", results)
+    monkeypatch.setattr(run_all, "BENCHES", [run_all.Bench("6", "bench_missing.py", "missing.csv"),
+                                              run_all.Bench("8", "bench_fails.py", "fails.csv"),
+                                              run_all.Bench("7", "bench_ok.py", "ok.csv")])
+    rows = run_all.main([])
+    by_fig = {r["figure"]: r for r in rows}
+    assert "missing" in by_fig["6"]["note"]
+    assert "failed (exit 1)" in by_fig["8"]["note"] and "boom: no data" in by_fig["8"]["note"]
+    assert by_fig["7"]["ratio"] == "0.500" and by_fig["7"]["met"] == "yes"
+    summary = run_all.read_csv(results / "summary.csv")
+    assert [r["figure"] for r in summary] == ["6", "8", "7"]
+    md = (results / "summary.md").read_text()
+    assert "fake step" in md and "date:" in md and "load average" in md
