@@ -38,8 +38,8 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
-from common import (UserError, atomic_open, atomic_write_json, atomic_write_text, file_sha256, load_config, load_tokenizer, run_main,
-                    save_config)
+from common import (UserError, atomic_open, atomic_write_json, atomic_write_text, file_sha256, load_config,
+                    load_tokenizer, run_main, save_config)
 
 KINDS = ("bpe", "kmer", "char")
 BPE_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4: RoBERTa's order, so pad = 1
@@ -148,7 +148,8 @@ def available_memory() -> int:
         return 0
 
 
-BPE_TRAIN_BYTES_PER_BP = 60  # peak RSS of tokenizers' BPE trainer per sampled bp (52 measured at 31 Mbp, + margin)
+# peak RSS of tokenizers' BPE trainer per sampled bp: 53 measured at 31 and at 310 Mbp, plus a margin
+BPE_TRAIN_BYTES_PER_BP = 60
 
 
 def train_bpe(train_path: Path, vocab_size: int, min_frequency: int, fraction: float, seed: int,
@@ -157,8 +158,9 @@ def train_bpe(train_path: Path, vocab_size: int, min_frequency: int, fraction: f
 
     Memory is bounded by the sample, never the corpus: the file is streamed twice (count lines, then
     feed only the chosen ones) and Python holds one batch at a time. The trainer itself keeps every
-    sampled bp as a 32-byte symbol (~50 B/bp in all), so the sample can be capped (max_train_mbp) and
-    the run refuses to start, rather than swap or be killed, when it cannot fit in available memory.
+    sampled bp as a 32-byte symbol (~53 B/bp in all: 15.5 GiB for 310 Mbp), so the sample can be
+    capped (max_train_mbp), and the run refuses to start, rather than swap or be killed, when it
+    cannot fit in the memory available.
     """
     n_lines = count_lines(train_path)
     mean_len = train_path.stat().st_size / max(1, n_lines) - 1  # bp per segment, newline excluded
@@ -168,8 +170,8 @@ def train_bpe(train_path: Path, vocab_size: int, min_frequency: int, fraction: f
         print(f"BPE: sample capped at {n_sample:,} segments by tokenizer.max_train_mbp = {max_train_mbp:g}")
     need, avail = BPE_TRAIN_BYTES_PER_BP * n_sample * mean_len, available_memory()
     if avail and need > avail:
-        raise UserError(f"{train_path}: BPE training on ~{n_sample * mean_len / 1e6:,.0f} Mbp needs ~{need / 2**30:.1f} "
-                        f"GiB but {avail / 2**30:.1f} GiB is available; set --tokenizer.max_train_mbp="
+        raise UserError(f"{train_path}: BPE training on ~{n_sample * mean_len / 1e6:,.0f} Mbp needs "
+                        f"~{need / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB is available; set --tokenizer.max_train_mbp="
                         f"{avail / BPE_TRAIN_BYTES_PER_BP / 1e6 * 0.8:.0f} or a smaller --tokenizer.sample_fraction")
     rng = np.random.default_rng(seed)
     keep = np.zeros(n_lines + 1, dtype=bool)  # +1: a last line without a newline

@@ -2,7 +2,8 @@
 Tokenizer benchmark: BPE training time and peak memory at 31 and 310 Mbp of training input (the 1/10
 GRCh38 sample is ~310 Mbp), and encoding throughput (Mbp/s) of each kind on 1 and 2 cores.
 
-    python bench/bench_tokenizer.py                  # 31 and 310 Mbp (310 needs ~15 GB free RAM, minutes)
+    python bench/bench_tokenizer.py                  # 31 and 310 Mbp (310 needs ~16 GiB free RAM; long)
+    python bench/bench_tokenizer.py --timeout=600    # stop a training run after 10 min, keep its peak RSS
     python bench/bench_tokenizer.py --mbp=3,31       # smaller
     python bench/bench_tokenizer.py --mbp=1 --encode-mbp=2   # a smoke run in seconds
 
@@ -55,8 +56,6 @@ else:
 out["seconds"] = time.perf_counter() - t0
 out["base_rss"] = base
 out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-if job == "train":
-    tok.save(str(seg_path.with_suffix(".json")))
 print("RESULT " + json.dumps(out))
 """
 
@@ -90,13 +89,36 @@ def first_to_die() -> None:
         f.write("1000")
 
 
-def run_child(job: str, seg_path: Path, threads: int, extra: list[str] = ()) -> dict:
+def vm_hwm(pid: int) -> int:
+    """Peak RSS so far of a running process, in bytes (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+
+
+def run_child(job: str, seg_path: Path, threads: int, extra: list[str] = (), timeout: float = 0) -> dict:
+    """Run one measurement in a fresh process. With `timeout`, a run that goes over is stopped and
+    reported with its peak RSS so far (BPE's peak comes early: all symbols are allocated before the
+    first merge), so a long 310 Mbp run still yields its memory figure on a busy machine."""
     env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
     cmd = ["nice", "-n", "19", sys.executable, "-c", CHILD, str(ROOT), job, str(seg_path), *extra]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=first_to_die)
-    line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
-    if r.returncode != 0 or line is None:
-        raise SystemExit(f"{job} child failed (exit {r.returncode}):\n{r.stderr[-2000:]}")
+    t0, hwm = time.perf_counter(), 0
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True, preexec_fn=first_to_die)
+        while p.poll() is None:
+            time.sleep(0.5)
+            try:
+                hwm = vm_hwm(p.pid)
+            except (OSError, StopIteration):
+                pass
+            if timeout and time.perf_counter() - t0 > timeout:
+                p.kill()
+                p.wait()
+                return {"timed_out": True, "seconds": time.perf_counter() - t0, "peak_rss": hwm, "base_rss": 0}
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    line = next((l for l in stdout.splitlines() if l.startswith("RESULT ")), None)
+    if p.returncode != 0 or line is None:
+        raise SystemExit(f"{job} child failed (exit {p.returncode}):\n{stderr[-2000:]}")
     return json.loads(line[len("RESULT "):])
 
 
@@ -105,6 +127,8 @@ def main() -> None:
     ap.add_argument("--mbp", default="31,310", help="BPE training input sizes in Mbp, comma-separated")
     ap.add_argument("--encode-mbp", type=float, default=20.0, help="Mbp encoded per throughput measurement")
     ap.add_argument("--threads", type=int, default=2, help="cores for training and the parallel encode")
+    ap.add_argument("--timeout", type=float, default=0, help="stop a training run after this many seconds and "
+                    "report its peak RSS so far (0 = no limit)")
     args = ap.parse_args()
     sizes = [float(x) for x in args.mbp.split(",")]
     rows = []
@@ -120,7 +144,14 @@ def main() -> None:
             seg = tmp / f"train_{mbp:g}.txt"
             bp = write_segments(seg, runs, int(mbp * 1e6), seed=int(mbp * 1000))
             load = os.getloadavg()[0]
-            r = run_child("train", seg, args.threads)
+            r = run_child("train", seg, args.threads, timeout=args.timeout)
+            if r.get("timed_out"):  # bp: the whole file was read before the merges began
+                rows.append({"measure": "bpe_train", "kind": "bpe", "input_mbp": round(bp / 1e6, 1),
+                             "threads": args.threads, "seconds": f">{r['seconds']:.0f}", "mbp_per_s": "",
+                             "peak_rss_gib": round(r["peak_rss"] / 2**30, 3), "rss_over_baseline_gib": "",
+                             "bytes_per_bp": round(r["peak_rss"] / bp, 1), "ratio": "", "load_avg": round(load, 2)})
+                print(rows[-1], "(stopped by --timeout)", flush=True)
+                continue
             base_time = base_time or r["seconds"] / bp
             extra = r["peak_rss"] - r["base_rss"]
             rows.append({"measure": "bpe_train", "kind": "bpe", "input_mbp": round(bp / 1e6, 1),
@@ -137,7 +168,14 @@ def main() -> None:
         # 2. encoding throughput, 1 vs N cores, with the BPE tokenizer trained on the first size
         seg = tmp / "encode.txt"
         bp = write_segments(seg, runs, int(args.encode_mbp * 1e6), seed=99)
-        bpe_json = str(tmp / f"train_{sizes[0]:g}.json")
+        # the BPE tokenizer to encode with: trained here on ~1 Mbp (vocab 1024, as tinydnabert)
+        sys.path.insert(0, str(ROOT / "tests"))
+        from conftest import load_script
+
+        with open(seg) as f:
+            sample = [next(f).strip() for _ in range(1500)]
+        bpe_json = str(tmp / "encode_bpe.json")
+        load_script("02_train_tokenizer.py").train_bpe_from_segments(sample, 1024, 4).save(bpe_json)
         for kind in ("bpe", "kmer", "char"):
             one = None
             for threads in (1, args.threads):
