@@ -141,20 +141,26 @@ class PretrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    benchmark: str = "revised"  # "revised" (18 tasks, TinyDNABERT's table) | "original"
-    revision: str = "main"  # hub revision of the benchmark repo; pin a commit for reproducibility
-    data_dir: str = "data/nt_benchmark"  # <benchmark>/<task>/{train,test}.fna, downloaded or local
+    # "revised" (18 tasks, TinyDNABERT's table) | "original" (the first 18) | "demo" (synthetic tasks 04
+    # generates itself) | "local" (your own folders <data_dir>/<task>/{train,test}.fna, never downloaded)
+    benchmark: str = "revised"
+    base_url: str = "https://huggingface.co/datasets/InstaDeepAI"  # + /<repo>/resolve/<revision>/<task>/<split>.fna
+    revision: str = ""  # hub revision; "" = the benchmark's pinned default (BENCHMARKS in 04_finetune_nt.py)
+    data_dir: str = "data/nt_benchmark"  # task files live in <data_dir>/<benchmark>/<task>/ ("local": <data_dir>/<task>/)
+    pretrained: str = ""  # MaskedLM state_dict for init "pretrained"; "" = <run.out_dir>/final/model.pt
     tasks: list[str] = field(default_factory=list)  # empty = every task of the benchmark
     inits: list[str] = field(default_factory=lambda: ["pretrained", "scratch"])
-    num_seeds: int = 3
+    num_seeds: int = 3  # runs per (task, init); each seed also draws its own validation split
     batch_size: int = 64
     max_steps: int = 5000
-    warmup_steps: int = 500
+    warmup_steps: int = 500  # linear warm-up, then linear decay to 0 at max_steps
     lr: float = 1e-4
-    weight_decay: float = 1e-5
-    eval_interval: int = 200
+    weight_decay: float = 1e-5  # AdamW, not on biases and norms
+    grad_clip: float = 1.0  # as Hugging Face Trainer's default max_grad_norm, which TinyDNABERT used
+    eval_interval: int = 200  # validation MCC every this many steps (and at the last); the best weights are kept
     val_fraction: float = 0.1  # stratified, seeded split of train
     classifier_dropout: float = 0.1
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
 
 
 @dataclass

@@ -1,0 +1,294 @@
+"""04_finetune_nt.py: NT task loading, whole-test-split scoring, rerun/resume, download, torchrun,
+and a real task (promoter_core) fine-tuned from scratch on CPU.
+
+Tokenizers and pretrained weights are made here (a char-level tokenizer, a BPE trained on the task,
+a seeded MaskedLM state_dict), so these tests do not depend on running 01-03 first.
+Runs set OMP_NUM_THREADS=1: on a shared 2-core machine one thread per process is several times faster
+than two fighting threads, and it keeps the numbers identical between single-process and torchrun runs.
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common import UserError
+from conftest import ROOT, load_script, run_script
+from model import MaskedLM, ModelConfig
+
+ft = load_script("04_finetune_nt.py")
+ENV = {"OMP_NUM_THREADS": "1"}
+
+# a tiny model over the char tokenizer below ([PAD]=0 ... 16 tokens)
+TINY = ["--model.vocab_size=16", "--model.pad_token_id=0", "--model.hidden_size=32", "--model.num_layers=1",
+        "--model.num_heads=2", "--model.ffn_size=64", "--model.max_seq_len=40"]
+TINY_CFG = ModelConfig(vocab_size=16, pad_token_id=0, hidden_size=32, num_layers=1, num_heads=2, ffn_size=64,
+                       max_seq_len=40)
+
+
+def char_tokenizer(path: Path) -> None:
+    """DNA FM's char vocabulary ([PAD]=0 [MASK]=1 [CLS]=2 [SEP]=3 [UNK]=4 A G C T U N ...), [CLS] … [SEP]."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+
+    names = ["[PAD]", "[MASK]", "[CLS]", "[SEP]", "[UNK]", "A", "G", "C", "T", "U", "N", "[BOS]", "[EOS]",
+             "[unused1]", "[unused2]", "[unused3]"]
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(names)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    tok.add_special_tokens(names[:5])
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+
+
+def bpe_tokenizer(path: Path, seqs: list[str], vocab_size: int) -> None:
+    """A small BPE with 02's special-token order (<s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4), <s> … </s>."""
+    from tokenizers import Tokenizer, models, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.train_from_iterator(seqs, trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=list("ACGTN"), show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+
+
+def write_task(folder: Path, n_train: int, n_test: int, seed: int = 0, length: int = 30) -> None:
+    """A learnable binary task: label 1 = the sequence contains GGGCCC."""
+    import random
+
+    rnd = random.Random(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        lines = []
+        for i in range(n):
+            label = i % 2
+            s = "".join(rnd.choice("AT") for _ in range(length))
+            if label:
+                at = rnd.randrange(length - 6)
+                s = s[:at] + "GGGCCC" + s[at + 6:]
+            lines.append(f">{split}_{i}|{label}\n{s}\n")
+        (folder / f"{split}.fna").parent.mkdir(parents=True, exist_ok=True)
+        (folder / f"{split}.fna").write_text("".join(lines))
+
+
+def records(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.startswith(">"))
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+# -----------------------------------------------------------------------------
+# loader
+
+
+def test_header_variants(tmp_path):
+    p = tmp_path / "train.fna"
+    p.write_text(">a|0\nacgt\n>chr1:10-20|+|x|1\nACGT\nAC\n> seq with spaces | 1 \nGGTT\n")
+    seqs, labels = ft.load_task_file(p, 2)
+    assert seqs == ["ACGT", "ACGTAC", "GGTT"]  # upper-cased, multi-line joined
+    assert labels.tolist() == [0, 1, 1]
+
+
+@pytest.mark.parametrize("text, where, what", [
+    (">a|0\nACGT\n>b\nACGT\n", ":3", "no '|label'"),
+    (">a|0\nACGT\n>b|pos\nACGT\n", ":3", "not an integer"),
+    (">a|0\nACGT\n>b|\nACGT\n", ":3", "not an integer"),
+    (">a|0\nACGT\n>b|2\nACGT\n", ":3", "outside the task's classes 0..1"),
+    (">a|0\nACGT\n>b|-1\nACGT\n", ":3", "outside"),
+    (">a|0\n>b|1\nACGT\n", ":1", "empty sequence"),
+    ("", "", "no FASTA records"),
+])
+def test_loader_errors_name_file_and_line(tmp_path, text, where, what):
+    p = tmp_path / "test.fna"
+    p.write_text(text)
+    with pytest.raises(UserError) as e:
+        ft.load_task_file(p, 2)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}{where}") and what in msg and "\n" not in msg
+
+
+def test_bad_task_file_exits_1_with_one_line(tmp_path):
+    write_task(tmp_path / "tasks" / "t", 40, 10)
+    with open(tmp_path / "tasks" / "t" / "test.fna", "a") as f:
+        f.write(">extra|7\nACGT\n")  # line 21: a label the task (2 classes) does not have
+    char_tokenizer(tmp_path / "run" / "tokenizer.json")
+    r = run_script("04_finetune_nt.py", "--config", str(ROOT / "configs/demo.toml"), *TINY,
+                   f"--run.out_dir={tmp_path / 'run'}", "--finetune.benchmark=local",
+                   f"--finetune.data_dir={tmp_path / 'tasks'}", "--finetune.tasks=[t]",
+                   "--finetune.inits=[scratch]", "--finetune.max_steps=2", env=ENV)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr
+    assert f"{tmp_path / 'tasks' / 't' / 'test.fna'}:21" in lines[0] and "outside the task's classes" in lines[0]
+
+
+def test_demo_tasks_are_deterministic_and_match_the_table(tmp_path):
+    ft.make_demo_tasks(tmp_path / "a", seed=1337)
+    ft.make_demo_tasks(tmp_path / "b", seed=1337)
+    info = ft.task_table("demo")
+    assert set(info) == {"promoter_synth", "splice_synth"}
+    for task, ti in info.items():
+        for split in ("train", "test"):
+            assert (tmp_path / "a" / task / f"{split}.fna").read_bytes() == (tmp_path / "b" / task / f"{split}.fna").read_bytes()
+        d = ft.load_task(tmp_path / "a" / task, ti)
+        assert (len(d["train_y"]), len(d["test_y"])) == (ti.train, ti.test)
+        assert sorted(set(d["train_y"].tolist())) == list(range(ti.classes))
+
+
+def test_reference_table_is_shipped_with_its_means():
+    ref = ft.read_commented_csv(ft.REFERENCE_CSV)
+    revised = ft.task_table("revised")
+    assert [r["task"] for r in ref] == list(revised) and len(ref) == 18
+    for col, published in (("nt_sota", 0.685), ("tinydnabert_scratch", 0.511), ("tinydnabert", 0.612)):
+        assert abs(sum(float(r[col]) for r in ref) / 18 - published) < 1e-3
+    assert len(ft.task_table("original")) == 18
+
+
+# -----------------------------------------------------------------------------
+# end to end: every test example scored, rerun skips finished runs, torchrun gives the same table
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Both inits x 2 seeds on a 120/37 task (37 = not a multiple of the batch size 8 nor of 16)."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    write_task(tmp / "tasks" / "motif", 120, 37)
+    # one train sequence longer than max_seq_len=40 tokens: truncated, with a warning
+    with open(tmp / "tasks" / "motif" / "train.fna", "a") as f:
+        f.write(">long|0\n" + "A" * 60 + "\n")
+    run = tmp / "run"
+    char_tokenizer(run / "tokenizer.json")
+    torch.manual_seed(0)
+    (run / "final").mkdir(parents=True)
+    torch.save(MaskedLM(TINY_CFG).state_dict(), run / "final" / "model.pt")
+    args = ["--config", str(ROOT / "configs/demo.toml"), *TINY, "--finetune.benchmark=local",
+            f"--finetune.data_dir={tmp / 'tasks'}", "--finetune.tasks=[motif]", "--finetune.num_seeds=2",
+            "--finetune.batch_size=8", "--finetune.max_steps=12", "--finetune.warmup_steps=2",
+            "--finetune.eval_interval=4", "--finetune.lr=3e-3"]
+    r = run_script("04_finetune_nt.py", *args, f"--run.out_dir={run}", env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tmp, run, args, r
+
+
+def test_every_test_example_is_scored_once(tiny_run):
+    tmp, run, _, r = tiny_run
+    n_records = records(tmp / "tasks" / "motif" / "test.fna")
+    assert n_records == 37
+    rows = read_csv(run / "finetune" / "results.csv")
+    assert [(x["init"], x["seed"]) for x in rows] == [("pretrained", "0"), ("pretrained", "1"), ("scratch", "0"), ("scratch", "1")]
+    assert all(int(x["n_test"]) == n_records for x in rows)
+    for x in rows:
+        m = json.loads((run / "finetune" / "motif" / x["init"] / f"seed-{x['seed']}" / "metrics.json").read_text())
+        assert m["n_test"] == n_records and m["n_train"] + m["n_val"] == 121
+        assert m["best_step"] in (4, 8, 12) and -1 <= m["test_mcc"] <= 1
+    assert "1 of 121 train and 0 of 37 test sequences are longer than model.max_seq_len = 40" in r.stdout
+    md = (run / "finetune" / "results.md").read_text()
+    assert "| motif |" in md and "| **mean** |" in md and "share of NT SOTA" in md
+    assert (run / "finetune" / "mcc.png").stat().st_size > 1000
+    # both inits of one seed share the validation split: a paired comparison
+    a = json.loads((run / "finetune/motif/pretrained/seed-0/metrics.json").read_text())
+    b = json.loads((run / "finetune/motif/scratch/seed-0/metrics.json").read_text())
+    assert a["run_seed"] == b["run_seed"] and a["n_val"] == b["n_val"]
+
+
+def test_rerun_skips_finished_runs_and_gives_the_same_results(tiny_run):
+    tmp, run, args, _ = tiny_run
+    before = (run / "finetune" / "results.csv").read_bytes()
+    redo = run / "finetune" / "motif" / "scratch" / "seed-1" / "metrics.json"
+    kept = run / "finetune" / "motif" / "pretrained" / "seed-0" / "metrics.json"
+    old = json.loads(redo.read_text())
+    kept_mtime = kept.stat().st_mtime_ns
+    redo.unlink()  # as if the process had been killed during this run (metrics.json is written last, atomically)
+    r = run_script("04_finetune_nt.py", *args, f"--run.out_dir={run}", env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "3 finished (skipped), 1 to do" in r.stdout
+    assert kept.stat().st_mtime_ns == kept_mtime  # not redone
+    new = json.loads(redo.read_text())
+    assert new["test_mcc"] == old["test_mcc"] and new["history"] == old["history"]  # deterministic
+    assert (run / "finetune" / "results.csv").read_bytes() == before
+
+
+def test_torchrun_splits_runs_and_matches_one_process(tiny_run):
+    tmp, run, args, _ = tiny_run
+    run2 = tmp / "run_ddp"
+    shutil.copytree(run, run2, ignore=shutil.ignore_patterns("finetune"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "04_finetune_nt.py"), *args, f"--run.out_dir={run2}"]
+    r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[rank 0]" in r.stdout and "[rank 1]" in r.stdout  # both ranks fine-tuned
+    assert (run2 / "finetune" / "results.csv").read_bytes() == (run / "finetune" / "results.csv").read_bytes()
+
+
+# -----------------------------------------------------------------------------
+# download from a local hub
+
+
+def _hub_task(server, repo: str, revision: str, task: str, n_train: int, n_test: int) -> None:
+    folder = server.root / repo / "resolve" / revision / task
+    write_task(folder, n_train, n_test, length=12)
+
+
+def test_download_resumes_and_checks_counts(tmp_path, http_server):
+    repo = ft.BENCHMARKS["revised"]["repo"]
+    info = ft.task_table("revised")["promoter_tata"]  # 5,062 train / 212 test, as published
+    _hub_task(http_server, repo, "abc123", "promoter_tata", info.train, info.test)
+    http_server.cut_after[f"{repo}/resolve/abc123/promoter_tata/train.fna"] = 5000  # drop mid-body once
+    _hub_task(http_server, repo, "abc123", "promoter_all", 10, 3)  # far fewer records than published
+    run = tmp_path / "run"
+    char_tokenizer(run / "tokenizer.json")
+    common = ["--config", str(ROOT / "configs/demo.toml"), *TINY, f"--run.out_dir={run}",
+              "--finetune.benchmark=revised", f"--finetune.base_url={http_server.url}", "--finetune.revision=abc123",
+              f"--finetune.data_dir={tmp_path / 'nt'}", "--finetune.inits=[scratch]", "--dry-run"]
+    r = run_script("04_finetune_nt.py", *common, "--finetune.tasks=[promoter_tata]", env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "promoter_tata: 5,062 train / 212 test, 2 classes" in r.stdout
+    got = tmp_path / "nt" / "revised" / "promoter_tata"
+    for split in ("train", "test"):
+        src = http_server.root / repo / "resolve" / "abc123" / "promoter_tata" / f"{split}.fna"
+        assert (got / f"{split}.fna").read_bytes() == src.read_bytes()
+    ranges = [rng for name, rng in http_server.requests if name.endswith("promoter_tata/train.fna")]
+    assert ranges == [None, "bytes=5000-"]  # resumed, not restarted
+    n = len(http_server.requests)
+    ft.fetch_task(http_server.url, repo, "abc123", "promoter_tata", got)
+    assert len(http_server.requests) == n  # already there: nothing fetched again
+
+    # a file with other counts than the published ones, and a task the server does not have
+    ft.fetch_task(http_server.url, repo, "abc123", "promoter_all", tmp_path / "nt" / "promoter_all")
+    with pytest.raises(UserError, match="promoter_all/train.fna: 10 records, the benchmark has 30,000"):
+        ft.load_task(tmp_path / "nt" / "promoter_all", ft.task_table("revised")["promoter_all"])
+    with pytest.raises(UserError, match=r"/enhancers/train\.fna: HTTP 404"):
+        ft.fetch_task(http_server.url, repo, "abc123", "enhancers", tmp_path / "nt" / "enhancers")
+
+
+# -----------------------------------------------------------------------------
+# a real task: human core promoters (70 bp), a small model from scratch, CPU
+
+
+def test_promoter_core_from_scratch_reaches_mcc_045(tmp_path, shared_data):
+    task_dir = shared_data / "tasks" / "promoter_core"
+    run = tmp_path / "run"
+    seqs = [r.sequence for r in ft.read_fasta(task_dir / "train.fna")]
+    bpe_tokenizer(run / "tokenizer.json", seqs, vocab_size=256)  # ~22 tokens per 70 bp sequence
+    r = run_script("04_finetune_nt.py", "--config", str(ROOT / "configs/demo.toml"), f"--run.out_dir={run}",
+                   "--model.vocab_size=256", "--model.pad_token_id=1", "--model.hidden_size=64",
+                   "--model.num_layers=2", "--model.num_heads=4", "--model.ffn_size=256", "--model.max_seq_len=128",
+                   "--finetune.benchmark=local", f"--finetune.data_dir={shared_data / 'tasks'}",
+                   "--finetune.tasks=[promoter_core]", "--finetune.inits=[scratch]", "--finetune.num_seeds=1",
+                   "--finetune.batch_size=32", "--finetune.max_steps=600", "--finetune.warmup_steps=50",
+                   "--finetune.lr=1e-3", "--finetune.eval_interval=100", env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (row,) = read_csv(run / "finetune" / "results.csv")
+    print(f"promoter_core from scratch: test MCC {row['test_mcc']} (best step {row['best_step']})")
+    assert int(row["n_test"]) == records(task_dir / "test.fna") == 1183
+    assert float(row["test_mcc"]) >= 0.45, row
