@@ -193,7 +193,7 @@ class BlockStream:
 
 
 def seed_for(*keys: int) -> int:
-    """A 63-bit seed for one independent random stream, e.g. seed_for(seed, 0, step, micro)."""
+    """A 63-bit seed for one independent random stream, e.g. seed_for(seed, 0, step)."""
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
@@ -211,8 +211,10 @@ class Masker:
         self.mask_id, self.mask_prob, self.device = mask_id, mask_prob, device
         self.gen = torch.Generator(device=device)
 
-    def __call__(self, ids: torch.Tensor, seed: int, global_rows: int, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids (B, T) -> inputs (B, T) corrupted, labels (B, T) = original id at targets, -100 elsewhere."""
+    def __call__(self, ids: torch.Tensor, seed: int, global_rows: int,
+                 rows: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (B, T), the rows `rows` (a slice or index tensor) of a global batch of `global_rows` rows
+        -> inputs (B, T) corrupted, labels (B, T) = original id at the targets, -100 elsewhere."""
         self.gen.manual_seed(seed)
         shape = (global_rows, ids.shape[1])
         u = torch.rand(shape, generator=self.gen, device=self.device)[rows]  # (B, T) uniform [0, 1)
@@ -539,7 +541,7 @@ def pretrain(cfg: Config, d: Dist, resume: bool) -> None:
     # ---- resume, or start fresh
     ckpt_dir = out / "checkpoints"
     log_path = out / "pretrain_log.csv"
-    step, rows = 0, []
+    step, history = 0, []  # history: the log rows, for the plot
     latest = complete_checkpoints(ckpt_dir)[-1:] if ckpt_dir.is_dir() else []
     if resume and latest:
         extra = load_checkpoint(latest[0], model, optimizer, d, sharded)
@@ -550,7 +552,7 @@ def pretrain(cfg: Config, d: Dist, resume: bool) -> None:
         train.epoch, train.index = extra["data"]["epoch"], extra["data"]["index"]
         if log_path.is_file():  # drop rows logged after this checkpoint: the resumed run logs them again
             with open(log_path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+                history = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
         print0(f"resumed from {latest[0]} (step {step:,}, epoch {train.epoch}, block {train.index:,})")
     elif resume:
         print0(f"--resume: no checkpoint in {ckpt_dir}; starting from step 0")
@@ -563,7 +565,7 @@ def pretrain(cfg: Config, d: Dist, resume: bool) -> None:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(history)
         atomic_write_text(log_path, buf.getvalue())
         log_file = open(log_path, "a", newline="")
         log = csv.DictWriter(log_file, fieldnames=LOG_COLUMNS, lineterminator="\n")
@@ -588,7 +590,7 @@ def pretrain(cfg: Config, d: Dist, resume: bool) -> None:
 
     def log_row(**values) -> None:
         row = {k: values.get(k, "") for k in LOG_COLUMNS}
-        rows.append(row)
+        history.append(row)
         log.writerow(row)
         log_file.flush()
 
@@ -601,12 +603,16 @@ def pretrain(cfg: Config, d: Dist, resume: bool) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # all micro-batches of the step first, so the loss can be normalised by the global target count
-            batches = []
-            for micro in range(pc.grad_accum):
-                ids = train.take(rows_step)[d.rank * pc.batch_size: (d.rank + 1) * pc.batch_size]
-                rows_mine = slice(d.rank * pc.batch_size, (d.rank + 1) * pc.batch_size)
-                batches.append(masker(train.read(ids, device), seed_for(seed, 0, step, micro), rows_step, rows_mine))
-            n_targets = torch.stack([(labels != -100).sum() for _, labels in batches]).sum().double()
+            # The step's global batch is grad_accum micro-batches of world_size x batch_size rows; this rank
+            # reads its batch_size rows of each. The mask noise is drawn for the whole global batch, so the
+            # result does not depend on how it is split over ranks and micro-batches.
+            mine = slice(d.rank * pc.batch_size, (d.rank + 1) * pc.batch_size)
+            ids = np.concatenate([train.take(rows_step)[mine] for _ in range(pc.grad_accum)])  # (accum * B,)
+            rows = torch.arange(pc.grad_accum * rows_step).view(pc.grad_accum, rows_step)[:, mine].flatten()
+            inputs, labels = masker(train.read(ids, device), seed_for(seed, 0, step), pc.grad_accum * rows_step,
+                                    rows.to(device))
+            batches = list(zip(inputs.split(pc.batch_size), labels.split(pc.batch_size)))
+            n_targets = (labels != -100).sum().double()
             if d.is_distributed:
                 dist.all_reduce(n_targets)  # masked tokens in the whole global batch
             n_targets.clamp_(min=1)
@@ -662,7 +668,7 @@ def pretrain(cfg: Config, d: Dist, resume: bool) -> None:
                             val_const_acc=f"{const_acc:.6f}")
                     bar.write(f"step {step:,}: validation loss {val_loss:.4f}, masked-token accuracy {val_acc:.2%} "
                               f"(most frequent token: {const_acc:.2%})")
-                    plot_losses(rows, out / "loss.png")
+                    plot_losses(history, out / "loss.png")
             if step % pc.ckpt_interval == 0 or step == stop:
                 checkpoint_now()
             t_last += time.perf_counter() - t_pause
@@ -670,8 +676,8 @@ def pretrain(cfg: Config, d: Dist, resume: bool) -> None:
     # ---- outputs: the plot, and the final weights as one unsharded fp32 file for 04
     if d.is_main:
         log_file.close()
-        if not (rows and rows[-1]["val_loss"] and int(rows[-1]["step"]) == step):  # else just drawn
-            plot_losses(rows, out / "loss.png")
+        if not (history and history[-1]["val_loss"] and int(history[-1]["step"]) == step):  # else just drawn
+            plot_losses(history, out / "loss.png")
     if step == pc.max_steps:
         # collective under FSDP: every rank takes part, rank 0 receives the full tensors on the CPU
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
