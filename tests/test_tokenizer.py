@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import random
+import re
+
+import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, processors
 
-from common import UserError, load_tokenizer
+from common import UserError, load_tokenizer, read_fasta, read_token_meta
+from conftest import ROOT, load_script, run_script
 from model import ModelConfig
 
 
@@ -38,15 +44,6 @@ def test_load_tokenizer_special_ids_and_model_fit(tmp_path):
 
 # -----------------------------------------------------------------------------
 # the three tokenizers, built in-process (02's builders) and through the script (run_script)
-
-import json
-import random
-import re
-
-import numpy as np
-
-from common import read_fasta, read_token_meta
-from conftest import ROOT, load_script, run_script
 
 t02 = load_script("02_train_tokenizer.py")
 
