@@ -8,7 +8,7 @@ measured has ratio "" and says why in `note` ("not measured (no GPU)").
 """
 
 import csv
-import importlib.util
+import functools
 import os
 import platform
 import statistics
@@ -20,8 +20,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-sys.path.insert(0, str(ROOT))  # common.py, model.py
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # common.py, model.py; conftest.py
+import conftest  # noqa: E402
 from common import atomic_open  # noqa: E402
+
 ROW_FIELDS = ("figure", "what", "baseline", "ours", "ratio", "target", "met", "note")
 
 
@@ -69,20 +71,9 @@ def machine_info():
             "torch_threads": torch.get_num_threads(), "gpu": gpu, "python": platform.python_version()}
 
 
-def load_script(filename):
-    """Import a numbered script (digit-leading names cannot be imported by name), e.g. 03_pretrain.py,
-    to reuse its functions instead of writing them twice. Cached: loaded once per process."""
-    name = "_script_" + Path(filename).stem
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / filename)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name]
+# tests/conftest.py's importer of numbered scripts (digit-leading names cannot be imported by name), e.g.
+# 03_pretrain.py, to reuse its functions instead of writing them twice; cached: each loads once per process.
+load_script = functools.cache(conftest.load_script)
 
 
 def gpu_peak_tflops(override=0.0):
