@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from model import ModelConfig
-
 PROJECT_ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "tinydnabert.toml"
 
@@ -65,7 +63,61 @@ def run_main(main: Callable[[], Any]) -> None:
 
 # -----------------------------------------------------------------------------
 # configs: one dataclass per TOML section. The defaults are the tinydnabert preset, so a key a preset
-# leaves out means "as in TinyDNABERT".
+# leaves out means "as in TinyDNABERT". ModelConfig lives here, not in model.py, so that importing the
+# configs does not import torch (01 and 02 start in 0.1 s instead of ~3 s).
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 1024
+    pad_token_id: int = 1  # the tokenizer's real pad id
+    hidden_size: int = 512
+    num_layers: int = 6
+    num_heads: int = 8
+    ffn_size: int = 2048
+    max_seq_len: int = 512  # tokens per sequence the model accepts
+    position_embedding: str = "learned"  # "learned" (RoBERTa/ESM, pad-aware) | "rope"
+    rope_theta: float = 10000.0
+    type_vocab_size: int = 2  # 0 = no token-type embeddings
+    norm_position: str = "post"  # "post" (RoBERTa) | "pre" (ESM, AgroNT, DNA FM)
+    mlp: str = "gelu"  # "gelu" (exact erf GELU) | "swiglu"
+    bias: bool = True  # biases in linear layers
+    dropout: float = 0.1  # hidden dropout
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        def check(ok, field, msg):
+            if not ok:
+                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}: {msg}")
+
+        check(self.vocab_size > 0, "vocab_size", "must be positive")
+        check(0 <= self.pad_token_id < self.vocab_size, "pad_token_id", "must be in [0, vocab_size)")
+        check(self.hidden_size > 0, "hidden_size", "must be positive")
+        check(self.num_layers > 0, "num_layers", "must be positive")
+        check(self.num_heads > 0, "num_heads", "must be positive")
+        check(self.hidden_size % self.num_heads == 0, "hidden_size",
+              f"must be divisible by num_heads={self.num_heads}")
+        check(self.ffn_size > 0, "ffn_size", "must be positive")
+        check(self.max_seq_len > 0, "max_seq_len", "must be positive")
+        check(self.position_embedding in ("learned", "rope"), "position_embedding",
+              "must be 'learned' or 'rope'")
+        if self.position_embedding == "rope":
+            check((self.hidden_size // self.num_heads) % 2 == 0, "num_heads",
+                  "RoPE needs an even head size (hidden_size / num_heads)")
+        check(self.rope_theta > 0, "rope_theta", "must be positive")
+        check(self.type_vocab_size >= 0, "type_vocab_size", "must be >= 0 (0 = none)")
+        check(self.norm_position in ("post", "pre"), "norm_position", "must be 'post' or 'pre'")
+        check(self.mlp in ("gelu", "swiglu"), "mlp", "must be 'gelu' or 'swiglu'")
+        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        check(0.0 <= self.attention_dropout < 1.0, "attention_dropout", "must be in [0, 1)")
+        check(self.layer_norm_eps > 0, "layer_norm_eps", "must be positive")
+        check(self.init_std > 0, "init_std", "must be positive")
+
+    @property
+    def head_size(self):
+        return self.hidden_size // self.num_heads
 
 
 @dataclass
@@ -134,7 +186,7 @@ class PretrainConfig:
     gpu_peak_tflops: float = 0.0  # for MFU; 0 = look the GPU up (H100 bf16 dense: 989)
     stop_at: int = 0  # end this run after this step, checkpointed (0 = max_steps); the lr schedule still
     #                   runs to max_steps, so `--resume` continues as if never stopped (time-limited jobs)
-    dry_run_gpus: int = 1  # --dry-run plans for this many GPUs (the preset's intended count); WORLD_SIZE wins
+    dry_run_gpus: int = 2  # --dry-run plans for this many GPUs (the preset's intended count); WORLD_SIZE wins
     dry_run_gpu: str = "H100"  # --dry-run: the GPU to plan for: "H100", "H200", "A100", "RTX 4090"
     dry_run_mfu: float = 0.4  # --dry-run: the model-FLOPs utilisation the time estimate assumes
 
@@ -331,10 +383,20 @@ def save_config(cfg: Config, directory: str | Path, name: str = "config.toml") -
 # rename is atomic on POSIX, so readers see the old file or the new one, never half of one.
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temp file in the target's folder (rename is only atomic within one file system), with the
+    permissions a plain open() would give (mkstemp makes 0600 files)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -364,7 +426,7 @@ class atomic_open:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        fd, self.tmp = _temp_beside(self.path)
         self.file = os.fdopen(fd, self.mode)
         return self.file
 

@@ -5,7 +5,8 @@ One bidirectional Transformer encoder for every preset, written out by hand.
     agront_1b    ESM-like: pre-LayerNorm, learned pad-aware positions, GELU
     dnafm_7b     DNA FM / AIDO: pre-LayerNorm, RoPE, SwiGLU
 
-Classes: ModelConfig, Encoder, MaskedLM (pretraining), SequenceClassifier (fine-tuning).
+Classes: Encoder, MaskedLM (pretraining), SequenceClassifier (fine-tuning); ModelConfig (the [model]
+config section) lives in common.py with the other sections and is re-exported here.
 Helpers: num_parameters, flops_per_token, hf_roberta_to_ours / ours_to_hf_roberta (weight renames,
 so a test can prove MaskedLM computes exactly what Hugging Face's RobertaForMaskedLM computes).
 
@@ -19,64 +20,11 @@ Big models are built without memory on the meta device, then materialised and in
 This file deliberately does not import `transformers`.
 """
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = 1024
-    pad_token_id: int = 1  # the tokenizer's real pad id
-    hidden_size: int = 512
-    num_layers: int = 6
-    num_heads: int = 8
-    ffn_size: int = 2048
-    max_seq_len: int = 512  # tokens per sequence the model accepts
-    position_embedding: str = "learned"  # "learned" (RoBERTa/ESM, pad-aware) | "rope"
-    rope_theta: float = 10000.0
-    type_vocab_size: int = 2  # 0 = no token-type embeddings
-    norm_position: str = "post"  # "post" (RoBERTa) | "pre" (ESM, AgroNT, DNA FM)
-    mlp: str = "gelu"  # "gelu" (exact erf GELU) | "swiglu"
-    bias: bool = True  # biases in linear layers
-    dropout: float = 0.1  # hidden dropout
-    attention_dropout: float = 0.1
-    layer_norm_eps: float = 1e-5
-    init_std: float = 0.02
-
-    def __post_init__(self):
-        def check(ok, field, msg):
-            if not ok:
-                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}: {msg}")
-
-        check(self.vocab_size > 0, "vocab_size", "must be positive")
-        check(0 <= self.pad_token_id < self.vocab_size, "pad_token_id", "must be in [0, vocab_size)")
-        check(self.hidden_size > 0, "hidden_size", "must be positive")
-        check(self.num_layers > 0, "num_layers", "must be positive")
-        check(self.num_heads > 0, "num_heads", "must be positive")
-        check(self.hidden_size % self.num_heads == 0, "hidden_size",
-              f"must be divisible by num_heads={self.num_heads}")
-        check(self.ffn_size > 0, "ffn_size", "must be positive")
-        check(self.max_seq_len > 0, "max_seq_len", "must be positive")
-        check(self.position_embedding in ("learned", "rope"), "position_embedding",
-              "must be 'learned' or 'rope'")
-        if self.position_embedding == "rope":
-            check((self.hidden_size // self.num_heads) % 2 == 0, "num_heads",
-                  "RoPE needs an even head size (hidden_size / num_heads)")
-        check(self.rope_theta > 0, "rope_theta", "must be positive")
-        check(self.type_vocab_size >= 0, "type_vocab_size", "must be >= 0 (0 = none)")
-        check(self.norm_position in ("post", "pre"), "norm_position", "must be 'post' or 'pre'")
-        check(self.mlp in ("gelu", "swiglu"), "mlp", "must be 'gelu' or 'swiglu'")
-        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
-        check(0.0 <= self.attention_dropout < 1.0, "attention_dropout", "must be in [0, 1)")
-        check(self.layer_norm_eps > 0, "layer_norm_eps", "must be positive")
-        check(self.init_std > 0, "init_std", "must be positive")
-
-    @property
-    def head_size(self):
-        return self.hidden_size // self.num_heads
+from common import ModelConfig  # the [model] section of the config: a plain dataclass, defined with the others
 
 
 # -----------------------------------------------------------------------------

@@ -121,6 +121,7 @@ def test_atomic_writes_never_leave_half_a_file(tmp_path):
     with atomic_open(target, "w") as f:
         f.write("new\n")
     assert target.read_text() == "new\n"
+    assert target.stat().st_mode & 0o644 == 0o644  # readable by others, like a plain open(), not mkstemp's 0600
 
 
 def test_read_fasta_plain_and_gzip(tmp_path):
