@@ -86,9 +86,9 @@ def task_table(benchmark: str) -> dict[str, TaskInfo]:
 
 def make_demo_tasks(task_dir: Path, seed: int) -> None:
     """Two small synthetic tasks with planted motifs (sizes in configs/nt_tasks.csv):
-    promoter_synth (2 classes, 100 bp): label 1 carries a TATA box (TATAAA) 25-35 bp from the start;
+    promoter_synth (2 classes, 80 bp): label 1 carries a TATA box (TATAAA) 20-30 bp from the start;
       a third of the label-0 sequences carry one too, but elsewhere, so the position matters.
-    splice_synth (3 classes, 120 bp): 1 = donor-like (CAG|GTAAGT at the centre), 2 = acceptor-like
+    splice_synth (3 classes, 90 bp): 1 = donor-like (CAG|GTAAGT at the centre), 2 = acceptor-like
       (a pyrimidine tract then CAG|G at the centre), 0 = neither; 5% of every task's labels are flipped
       so the test MCC stays below 1."""
     rng = np.random.default_rng(seed)
@@ -101,20 +101,20 @@ def make_demo_tasks(task_dir: Path, seed: int) -> None:
         return s[:at] + motif + s[at + len(motif):]
 
     def promoter(label):
-        s = background(100)
+        s = background(80)
         if label == 1:
-            s = plant(s, "TATAAA", int(rng.integers(25, 36)))
+            s = plant(s, "TATAAA", int(rng.integers(20, 31)))
         elif rng.random() < 0.33:
-            s = plant(s, "TATAAA", int(rng.choice(np.r_[0:15, 50:94])))
+            s = plant(s, "TATAAA", int(rng.choice(np.r_[0:12, 42:74])))
         return s
 
     def splice(label):
-        s = background(120)
+        s = background(90)
         if label == 1:
-            s = plant(s, "CAGGTAAGT", 57)
+            s = plant(s, "CAGGTAAGT", 42)
         elif label == 2:
             tract = "".join(rng.choice(np.array(list("CT")), size=15))
-            s = plant(s, tract + "CAGG", 45)
+            s = plant(s, tract + "CAGG", 30)
         return s
 
     specs = [("promoter_synth", promoter, 2), ("splice_synth", splice, 3)]
@@ -582,15 +582,17 @@ def plot_mcc(path: Path, tasks, infos, inits, ours, ref) -> None:
     w = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(tasks) + 2), 4.5))
     for j, (label, vals, c) in enumerate(series):
+        sds = [v[1] for v in vals]  # error bars on our bars only: the published figures are single numbers
         ax.bar(x + (j - (len(series) - 1) / 2) * w, [v[0] for v in vals], w, label=label, color=c,
-               yerr=[v[1] or 0 for v in vals], capsize=2, error_kw={"elinewidth": 0.8})
+               yerr=None if all(sd is None for sd in sds) else [sd or 0 for sd in sds], capsize=2,
+               error_kw={"elinewidth": 0.8})
     ax.set_xticks(x, [infos[t].display for t in tasks], rotation=45, ha="right")
     ax.set_ylabel("test MCC (error bar: s.d. over seeds)")
+    ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
     ax.axhline(0, color="k", lw=0.5)
-    ax.legend(fontsize=8, ncol=min(5, len(series)))
-    fig.tight_layout()
+    ax.legend(fontsize=8, ncol=min(5, len(series)), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
 
