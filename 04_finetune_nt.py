@@ -42,7 +42,7 @@ from tqdm import tqdm
 from common import (PROJECT_ROOT, UserError, atomic_write_json, atomic_write_text, file_sha256,
                     load_config, load_tokenizer, print0, read_fasta, run_main, save_config,
                     setup_distributed, teardown_distributed)
-from model import MaskedLM, SequenceClassifier
+from model import SequenceClassifier
 
 # Where each benchmark lives on the Hugging Face hub. The original repo is pinned to a commit we could
 # verify holds every task folder; for the revised repo no commit hash could be checked offline, so it
