@@ -122,8 +122,9 @@ def dry_run(cfg: Config) -> None:
     if fsdp:
         plan["FSDP unsharded blocks (~2, params + grads)"] = 2 * 2 * n_block * act_bytes
     per_layer = tokens_gpu * activation_elements(mcfg) * act_bytes
+    # embeddings; the LM head at the masked tokens (dense, GELU, LayerNorm; fp32 logits and their gradient)
     embed_head = tokens_gpu * 2 * mcfg.hidden_size * act_bytes + pc.mask_prob * tokens_gpu * (
-        3 * mcfg.hidden_size * act_bytes + 8 * mcfg.vocab_size)  # embeddings; LM head at masked tokens, fp32 logits + grad
+        3 * mcfg.hidden_size * act_bytes + 8 * mcfg.vocab_size)
     act_full = mcfg.num_layers * per_layer + embed_head
     # activation checkpointing keeps only each block's input and recomputes one block at a time
     act_ckpt = mcfg.num_layers * tokens_gpu * mcfg.hidden_size * act_bytes + per_layer + embed_head
@@ -151,7 +152,8 @@ def dry_run(cfg: Config) -> None:
     wall = f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
     gpu_hours = seconds * world / 3600
     print(f"  time: {total_flops:.3e} FLOPs at {pc.dry_run_mfu:.0%} MFU on {world} x {pc.dry_run_gpu} "
-          f"({peak_tflops:g} TFLOP/s bf16 dense) = {wall} wall-clock, {gpu_hours:,.{0 if gpu_hours >= 100 else 1}f} GPU-hours")
+          f"({peak_tflops:g} TFLOP/s bf16 dense) = {wall} wall-clock, "
+          f"{gpu_hours:,.{0 if gpu_hours >= 100 else 1}f} GPU-hours")
 
 
 # -----------------------------------------------------------------------------
@@ -234,6 +236,9 @@ class Masker:
 
 def parallelize(net: modeling.MaskedLM, cfg: Config, d: Dist, bf16: bool, seed: int) -> torch.nn.Module:
     pc, device = cfg.pretrain, torch.device(d.device)
+    if not pc.meta_init:  # full tensors, before any sharding: the same weights on every rank, and the
+        torch.manual_seed(seed)  # same as a meta-device build on the CPU (init_weights from a fresh seed)
+        net.init_weights()
     if pc.activation_checkpointing:
         # keep each block's input only; recompute its insides in backward. Patching forward (not wrapping
         # the module) keeps the state-dict keys unchanged.
@@ -248,7 +253,9 @@ def parallelize(net: modeling.MaskedLM, cfg: Config, d: Dist, bf16: bool, seed: 
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         mesh = init_device_mesh(device.type, (d.world_size,))  # always explicit (pytorch#132471)
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+        # bf16 compute, fp32 gradient reduction (and fp32 master weights in the optimizer)
+        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+              else MixedPrecisionPolicy())
         for block in net.encoder.blocks:
             fully_shard(block, mesh=mesh, mp_policy=mp)
         # the root unit: embeddings, final norm and LM head, so the tied word embedding / decoder is one unit
@@ -304,6 +311,56 @@ def lr_at(step: int, pc) -> float:
         return pc.lr * (step + 1) / pc.warmup_steps
     frac = (step - pc.warmup_steps) / max(1, pc.max_steps - pc.warmup_steps)
     return pc.min_lr + (pc.lr - pc.min_lr) * max(0.0, 1.0 - frac)
+
+
+# -----------------------------------------------------------------------------
+# one training step: this rank's share of the global batch, forward + backward, clip
+
+
+def get_batch(stream: BlockStream, masker: Masker, step: int, pc, d: Dist,
+              seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's rows of step `step`'s global batch, masked: inputs, labels (grad_accum * B, T) on the device.
+    The global batch is grad_accum micro-batches of world_size x batch_size rows; the rank reads its
+    batch_size rows of each. The mask noise is drawn for the whole global batch (seeded by the step), so
+    the result does not depend on how the batch is split over ranks and micro-batches."""
+    rows_micro = pc.batch_size * d.world_size
+    mine = slice(d.rank * pc.batch_size, (d.rank + 1) * pc.batch_size)
+    ids = np.concatenate([stream.take(rows_micro)[mine] for _ in range(pc.grad_accum)])  # (accum * B,) block ids
+    rows = torch.arange(pc.grad_accum * rows_micro).view(pc.grad_accum, rows_micro)[:, mine].flatten()
+    device = masker.device
+    return masker(stream.read(ids, device), seed_for(seed, 0, step), pc.grad_accum * rows_micro, rows.to(device))
+
+
+def forward_backward(model, inputs: torch.Tensor, labels: torch.Tensor, pc, d: Dist,
+                     autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate the gradient of the global batch's mean MLM loss over grad_accum micro-batches, then clip.
+    Returns (loss, grad norm before clipping) as device tensors: no host sync here."""
+    sharded = hasattr(model, "set_requires_gradient_sync")  # an FSDP2 module
+    n_targets = (labels != -100).sum().double()
+    if d.is_distributed:
+        dist.all_reduce(n_targets)  # masked tokens in the whole global batch
+    n_targets.clamp_(min=1)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    micro_batches = list(zip(inputs.split(pc.batch_size), labels.split(pc.batch_size)))
+    for micro, (x, y) in enumerate(micro_batches):
+        last = micro == len(micro_batches) - 1
+        if sharded:  # reduce-scatter the gradients after the last micro-batch only
+            model.set_requires_gradient_sync(last)
+        no_sync = d.is_distributed and not sharded and not last  # DDP: all-reduce after the last only
+        with model.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast:
+                _, loss = model(x, labels=y)  # mean CE over this micro-batch's targets
+            n = (y != -100).sum()
+            # DDP / FSDP average gradients over ranks, hence x world_size: the sum over ranks and micro-batches
+            # is the gradient of (sum of CE over all targets of the global batch) / (their number)
+            (loss * (n * d.world_size / n_targets).float()).backward()
+        loss_sum += loss.detach().double() * n
+    if d.is_distributed:
+        dist.all_reduce(loss_sum)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pc.grad_clip if pc.grad_clip > 0 else math.inf)
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+        grad_norm = grad_norm.full_tensor()
+    return loss_sum / n_targets, grad_norm.double()
 
 
 # -----------------------------------------------------------------------------
@@ -456,7 +513,8 @@ def plot_losses(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     train = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") not in ("", None)]
-    val = [(int(r["step"]), float(r["val_loss"]), float(r["val_acc"])) for r in rows if r.get("val_loss") not in ("", None)]
+    val = [(int(r["step"]), float(r["val_loss"]), float(r["val_acc"])) for r in rows
+           if r.get("val_loss") not in ("", None)]
     fig, (ax, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     if train:
         ax.plot(*zip(*train), label="train (masked tokens)", lw=1)
@@ -517,7 +575,8 @@ def pretrain(cfg: Config, d: Dist, resume: bool) -> None:
     rows_step = pc.batch_size * d.world_size  # rows of one global micro-batch
     if train.n_blocks < rows_step:
         raise UserError(f"{out / 'tokens' / 'train.bin'}: {train.n_blocks:,} blocks of {pc.seq_len} tokens, fewer "
-                        f"than one global micro-batch ({pc.batch_size} x {d.world_size} ranks); lower pretrain.batch_size")
+                        f"than one global micro-batch ({pc.batch_size} x {d.world_size} ranks); "
+                        "lower pretrain.batch_size")
     if val.n_blocks < d.world_size:
         raise UserError(f"{out / 'tokens' / 'val.bin'}: {val.n_blocks} blocks of {pc.seq_len} tokens; need at least "
                         f"{d.world_size}: lower pretrain.seq_len or hold out more validation data")
@@ -526,8 +585,7 @@ def pretrain(cfg: Config, d: Dist, resume: bool) -> None:
     special_ids = sorted(set(special.all) | set(meta["special_ids"]))
     masker = Masker(cfg.model.vocab_size, meta["vocab_size"], special_ids, meta["mask_id"], pc.mask_prob, device)
 
-    # ---- model and optimizer. Same seed on every rank: identical initial weights (FSDP keeps its shard).
-    torch.manual_seed(seed)
+    # ---- model and optimizer; parallelize() initialises the weights from the seed, the same on every rank
     with torch.device("meta") if pc.meta_init else contextlib.nullcontext():
         net = modeling.MaskedLM(cfg.model)
     n_params = modeling.num_parameters(net)
@@ -595,70 +653,42 @@ def pretrain(cfg: Config, d: Dist, resume: bool) -> None:
         log_file.flush()
 
     model.train()
-    t_last, step_last = time.perf_counter(), step
+    t_last, step_last, loss_window = time.perf_counter(), step, []
     with tqdm(total=pc.max_steps, initial=step, desc="pretrain", unit="step", disable=not d.is_main,
               dynamic_ncols=True) as bar:
         while step < stop:
             lr = lr_at(step, pc)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            # all micro-batches of the step first, so the loss can be normalised by the global target count
-            # The step's global batch is grad_accum micro-batches of world_size x batch_size rows; this rank
-            # reads its batch_size rows of each. The mask noise is drawn for the whole global batch, so the
-            # result does not depend on how it is split over ranks and micro-batches.
-            mine = slice(d.rank * pc.batch_size, (d.rank + 1) * pc.batch_size)
-            ids = np.concatenate([train.take(rows_step)[mine] for _ in range(pc.grad_accum)])  # (accum * B,)
-            rows = torch.arange(pc.grad_accum * rows_step).view(pc.grad_accum, rows_step)[:, mine].flatten()
-            inputs, labels = masker(train.read(ids, device), seed_for(seed, 0, step), pc.grad_accum * rows_step,
-                                    rows.to(device))
-            batches = list(zip(inputs.split(pc.batch_size), labels.split(pc.batch_size)))
-            n_targets = (labels != -100).sum().double()
-            if d.is_distributed:
-                dist.all_reduce(n_targets)  # masked tokens in the whole global batch
-            n_targets.clamp_(min=1)
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            for micro, (inputs, labels) in enumerate(batches):
-                last = micro == pc.grad_accum - 1
-                if sharded:  # reduce-scatter gradients only after the last micro-batch
-                    model.set_requires_gradient_sync(last)
-                sync = model.no_sync() if d.is_distributed and not sharded and not last else contextlib.nullcontext()
-                with sync:
-                    with autocast:
-                        _, loss = model(inputs, labels=labels)  # mean CE over this micro-batch's targets
-                    n = (labels != -100).sum()
-                    # DDP / FSDP average gradients over ranks, hence x world_size: the result is the gradient of
-                    # (sum of CE over all targets of the global batch) / (their number)
-                    (loss * (n * d.world_size / n_targets).float()).backward()
-                loss_sum += loss.detach().double() * n
-            if d.is_distributed:
-                dist.all_reduce(loss_sum)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pc.grad_clip if pc.grad_clip > 0 else math.inf)
-            if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
-                grad_norm = grad_norm.full_tensor()
-            loss_value, norm_value = torch.stack([loss_sum / n_targets, grad_norm.double()]).tolist()  # one host sync
+            inputs, labels = get_batch(train, masker, step, pc, d, seed)
+            loss, grad_norm = forward_backward(model, inputs, labels, pc, d, autocast)
+            loss_value, norm_value = torch.stack([loss, grad_norm]).tolist()  # the one host sync of the step
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 good = complete_checkpoints(ckpt_dir)
-                raise UserError(f"step {step + 1}: loss {loss_value} / grad norm {norm_value} is not finite; stopped before "
-                                f"the update. Last good checkpoint: {good[-1] if good else 'none'} "
+                raise UserError(f"step {step + 1}: loss {loss_value} / grad norm {norm_value} is not finite; stopped "
+                                f"before the update. Last good checkpoint: {good[-1] if good else 'none'} "
                                 f"(lower pretrain.lr or raise warmup_steps, then --resume)")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
+            loss_window.append(loss_value)
 
-            if d.is_main and (step % pc.log_interval == 0 or step == stop):
+            if step % pc.log_interval == 0 or step == stop:
                 now = time.perf_counter()
                 tok_s = (step - step_last) * tokens_step / (now - t_last)
-                t_last, step_last = now, step
+                train_loss = sum(loss_window) / len(loss_window)  # mean over the steps since the last log line
+                t_last, step_last, loss_window = now, step, []
                 mfu = flops_token * tok_s / peak_flops if peak_flops else None
                 mem = peak_memory_gb(device)
-                log_row(step=step, tokens=step * tokens_step, loss=f"{loss_value:.8g}", lr=f"{lr:.6g}",
-                        grad_norm=f"{norm_value:.6g}", tokens_per_s=f"{tok_s:.0f}",
-                        mfu="" if mfu is None else f"{mfu:.4f}", mem_gb=f"{mem:.2f}")
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-                bar.write(f"step {step:,}/{pc.max_steps:,} | loss {loss_value:.4f} | lr {lr:.2e} | grad norm "
-                          f"{norm_value:.3f} | {tok_s:,.0f} tok/s | MFU {'n/a' if mfu is None else f'{mfu:.1%}'} | "
-                          f"mem {mem:.2f} GB")
+                if d.is_main:
+                    log_row(step=step, tokens=step * tokens_step, loss=f"{train_loss:.8g}", lr=f"{lr:.6g}",
+                            grad_norm=f"{norm_value:.6g}", tokens_per_s=f"{tok_s:.0f}",
+                            mfu="" if mfu is None else f"{mfu:.4f}", mem_gb=f"{mem:.2f}")
+                    bar.set_postfix(loss=f"{train_loss:.4f}")
+                    bar.write(f"step {step:,}/{pc.max_steps:,} | loss {train_loss:.4f} | lr {lr:.2e} | grad norm "
+                              f"{norm_value:.3f} | {tok_s:,.0f} tok/s | MFU {'n/a' if mfu is None else f'{mfu:.1%}'}"
+                              f" | mem {mem:.2f} GB")
             t_pause = time.perf_counter()  # evaluation and checkpoints do not count towards tokens/s
             if step % pc.eval_interval == 0 or step == pc.max_steps:
                 val_loss, val_acc, const_acc = evaluate(model, val, eval_ids, masker, pc.batch_size, seed, d, autocast,
