@@ -15,8 +15,8 @@ One optimizer step (global batch = batch_size x grad_accum x world_size blocks o
   data    packed blocks of the flat uint16 token stream (segments joined by their special tokens, no
           padding), visited in a seeded random order per epoch; rank r reads its own rows of each
           global micro-batch. The position (epoch, index) is saved in every checkpoint.
-  mask    15% of non-special tokens: 80% -> <mask>, 10% -> a random token, 10% kept. The noise is
-          drawn for the whole global micro-batch from a generator seeded by (seed, step, micro-step),
+  mask    15% of non-special tokens: 80% -> <mask>, 10% -> a random token, 10% kept, re-drawn every
+          step. The noise is drawn for the whole global batch from a generator seeded by (seed, step),
           so it is a pure function of the step: the same on 1 or N ranks, and nothing to save.
   loss    cross-entropy at the masked positions, averaged over every masked token of the global batch
           (so DDP, FSDP and gradient accumulation give the single-process gradient).
