@@ -68,9 +68,12 @@ def preprocess_rows(figure, rows, path):
     """bench_preprocess.py: one row per genome size (small first)."""
     small, big = rows[0], rows[-1]
     gz, pp = num(big["gzip_dc_s"]), num(big["preprocess_s"])
-    out = [row(figure, f"01_preprocess {big['mbp']} Mbp gzip FASTA, time / gzip -dc", f"{gz:,.2f} s",
-               f"{pp:,.2f} s", pp / gz, "<= 2.0",
-               f"streaming parse alone: {num(big['ratio_parse']):.2f}x; start-up {big.get('startup_s', '?')} s")]
+    parse = num(big["preprocess_parse_s"])
+    out = [row(figure, f"01_preprocess {big['mbp']} Mbp gzip FASTA, time / gzip -dc (whole command)",
+               f"{gz:,.2f} s", f"{pp:,.2f} s", pp / gz, "<= 2.0",
+               f"includes start-up {big.get('startup_s', '?')} s (imports): dominates small inputs"),
+           row(figure, f"01_preprocess {big['mbp']} Mbp gzip FASTA, time / gzip -dc (streaming parse alone)",
+               f"{gz:,.2f} s", f"{parse:,.2f} s", parse / gz, "<= 2.0", "as 01 times itself (stats.json)")]
     rss_s, rss_b = num(small["peak_rss_mib"]), num(big["peak_rss_mib"])
     out.append(row(figure, f"01_preprocess peak RSS, {big['mbp']} Mbp / {small['mbp']} Mbp", f"{rss_s:,.0f} MiB",
                    f"{rss_b:,.0f} MiB", rss_b / rss_s, "<= 1.2"))
@@ -109,18 +112,19 @@ class Bench:
     gpu_only: bool = False  # run only when CUDA is available (its CPU rows come from another entry)
 
 
-QUICK_MODEL = ["--batch", "2", "--seq-len", "128", "--repeats", "3"]
 BENCHES = [
-    Bench("1", "bench_model.py", "bench_model.csv", QUICK_MODEL),
-    Bench("1", "bench_model.py", "bench_model_cuda.csv", ["--device", "cuda", *QUICK_MODEL],
+    Bench("1", "bench_model.py", "bench_model.csv", ["--batch", "2", "--seq-len", "128", "--repeats", "3"]),
+    Bench("1", "bench_model.py", "bench_model_cuda.csv", ["--device", "cuda", "--repeats", "5"],  # 8 x 512: cheap on a GPU
           ["--device", "cuda", "--out", str(RESULTS / "bench_model_cuda.csv")], gpu_only=True),
     Bench("2", "bench_preprocess.py", "preprocess.csv", ["--mbp", "20", "--small-mbp", "2", "--repeats", "1"],
           adapt=preprocess_rows),
     Bench("3", "bench_tokenizer.py", "tokenizer.csv", ["--mbp=1,3", "--encode-mbp=2"], adapt=tokenizer_rows),
     Bench("4", "bench_pretrain.py", "pretrain.csv", ["--quick"]),
+    Bench("4", "bench_pretrain.py", "pretrain_cuda.csv", ["--device", "cuda", "--repeats", "3"],
+          ["--device", "cuda", "--out", str(RESULTS / "pretrain_cuda.csv")], gpu_only=True),
     Bench("5", "bench_fsdp.py", "bench_fsdp.csv", ["--layers", "2", "--batch", "1", "--steps", "5"]),
 ]
-for b in BENCHES:  # the cuda entry writes its own file, in quick mode too
+for b in BENCHES:  # the cuda entries write their own files, in quick mode too
     if b.gpu_only:
         b.quick += ["--out", str(RESULTS / b.csv)]
 
