@@ -10,6 +10,7 @@ checkpoints/step-N/, pretrain_log.csv, loss.png, config.toml and final/model.pt 
         03_pretrain.py --config configs/dnafm_7b.toml                # FSDP2 (its preset: parallel = "fsdp")
     python 03_pretrain.py --config configs/dnafm_7b.toml --dry-run   # memory plan, FLOPs, run time; no GPU needed
     ... --resume                                                     # continue from the latest complete checkpoint
+    ... --restart                                                    # discard an earlier run's checkpoints, start over
 
 One optimizer step (global batch = batch_size x grad_accum x world_size blocks of seq_len tokens):
   data    packed blocks of the flat uint16 token stream (segments joined by their special tokens, no
@@ -545,19 +546,19 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 def main() -> None:
-    cfg, flags = load_config(flags=("--resume", "--dry-run"))
+    cfg, flags = load_config(flags=("--resume", "--restart", "--dry-run"))
     check_config(cfg)
     if "--dry-run" in flags:
         dry_run(cfg)
         return
     d = setup_distributed(cfg.run.device)
     try:
-        pretrain(cfg, d, resume="--resume" in flags)
+        pretrain(cfg, d, resume="--resume" in flags, restart="--restart" in flags)
     finally:
         teardown_distributed()
 
 
-def pretrain(cfg: Config, d: Dist, resume: bool) -> None:
+def pretrain(cfg: Config, d: Dist, resume: bool, restart: bool = False) -> None:
     pc, seed = cfg.pretrain, cfg.run.seed
     out = cfg.out_dir
     device = torch.device(d.device)
@@ -614,8 +615,11 @@ def pretrain(cfg: Config, d: Dist, resume: bool) -> None:
         print0(f"resumed from {latest[0]} (step {step:,}, epoch {train.epoch}, block {train.index:,})")
     elif resume:
         print0(f"--resume: no checkpoint in {ckpt_dir}; starting from step 0")
-    elif latest and d.is_main:  # re-running replaces an earlier run's outputs
-        print0(f"starting over: removing the checkpoints of an earlier run in {ckpt_dir} (use --resume to continue it)")
+    elif latest and not restart:  # never throw away days of training because a flag was forgotten
+        raise UserError(f"{ckpt_dir} holds an earlier run's checkpoints (latest: {latest[0].name}); "
+                        f"pass --resume to continue it or --restart to discard them")
+    elif latest and d.is_main:
+        print0(f"--restart: removing the checkpoints of an earlier run in {ckpt_dir}")
         shutil.rmtree(ckpt_dir)
         shutil.rmtree(out / "final", ignore_errors=True)
     if d.is_main:

@@ -5,7 +5,7 @@ cd "$(dirname "$0")"
 config=configs/demo.toml
 python 01_preprocess.py --config $config "$@"
 python 02_train_tokenizer.py --config $config "$@"
-python 03_pretrain.py --config $config "$@"
+python 03_pretrain.py --config $config --restart "$@"   # --restart: a re-run of the demo starts over
 python 04_finetune_nt.py --config $config "$@"
 echo
 echo "done. results table: out/demo/finetune/results.md   plot: out/demo/finetune/mcc.png"

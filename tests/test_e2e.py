@@ -53,6 +53,13 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert any((out / "checkpoints").glob("step-*"))
     weights = torch.load(out / "final" / "model.pt", weights_only=True)
     assert "encoder.wte.weight" in weights
+    # running 03 again without --resume or --restart must not throw the checkpoints away
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    r = run_script("03_pretrain.py", "--config", DEMO, f"--run.out_dir={out}", env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 1 and "pass --resume to continue it or --restart" in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == checkpoints
+    assert (out / "final" / "model.pt").exists()
 
     # 04: both demo tasks, pretrained vs scratch, one seed: the table, the CSV and the plot
     _step("04_finetune_nt.py", out, f"--finetune.data_dir={tmp_path / 'nt_tasks'}", "--finetune.num_seeds=1",
