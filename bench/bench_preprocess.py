@@ -113,7 +113,7 @@ def main():
               f"{r['preprocess_parse_s']:>11.2f} {r['ratio']:>6.2f} {r['ratio_parse']:>12.2f} "
               f"{r['gzip_dc_cpu_s']:>11.2f} {r['preprocess_cpu_s']:>9.2f} {r['peak_rss_mib']:>13,.0f} "
               f"{r['load_avg_1m']:>5.1f}")
-    print(f"startup alone (imports incl. torch via common.py, tiny file): {startup:.2f} s wall, "
+    print(f"startup alone (python, imports and a tiny file): {startup:.2f} s wall, "
           f"{startup_cpu:.2f} s CPU, {startup_rss:,.0f} MiB")
     print(f"peak RSS {rows[-1]['mbp']:g} Mbp / {rows[0]['mbp']:g} Mbp: {rows[-1]['peak_rss_mib'] / rows[0]['peak_rss_mib']:.2f}x "
           f"(target <= 1.2x); time vs gzip -dc at {rows[-1]['mbp']:g} Mbp: {rows[-1]['ratio']:.2f}x in all, "
