@@ -38,7 +38,7 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
-from common import (UserError, atomic_open, atomic_write_json, atomic_write_text, file_sha256, load_config,
+from common import (UserError, atomic_open, atomic_write_json, atomic_write_text, file_hash, load_config,
                     load_tokenizer, run_main, save_config)
 
 KINDS = ("bpe", "kmer", "char")
@@ -280,7 +280,7 @@ def main() -> None:
         "specials_per_segment": wrap,
         "splits": splits,
         "bp_per_token": round(sum(s["bp"] for s in splits.values()) / max(1, content), 4),  # specials not counted
-        "tokenizer_sha256": file_sha256(tok_path),
+        "tokenizer_sha256": file_hash(tok_path),
         **train_stats,
     }
     atomic_write_json(tok_dir / "meta.json", meta)

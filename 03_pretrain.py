@@ -50,8 +50,8 @@ from tqdm import tqdm
 
 import model as modeling
 from common import (Config, ConfigError, Dist, UserError, atomic_torch_save, atomic_write_bytes, atomic_write_text,
-                    load_config, load_tokenizer, print0, read_token_meta, run_main, save_config, setup_distributed,
-                    teardown_distributed)
+                    configure_optimizer, load_config, load_tokenizer, lr_at, print0, read_token_meta, run_main,
+                    save_config, setup_distributed, teardown_distributed)
 
 # bf16 dense tensor-core peak (TFLOP/s) and memory (GB) of the GPUs a lab is likely to have; for MFU and
 # the --dry-run plan. The first name that occurs in torch.cuda.get_device_name() wins.
@@ -293,25 +293,6 @@ def _zero_sharded_padding_rows(net: modeling.MaskedLM, d: Dist) -> None:
         row = emb.padding_idx - d.rank * math.ceil(emb.weight.shape[0] / d.world_size)
         if 0 <= row < local.shape[0]:
             local[row].zero_()
-
-
-def configure_optimizer(net: torch.nn.Module, pc, device: torch.device) -> torch.optim.AdamW:
-    # decay the matrices (linear weights, embeddings); not biases and LayerNorm weights (all 1-D),
-    # as RoBERTa / Hugging Face's no_decay = ["bias", "LayerNorm.weight"]
-    params = [p for p in net.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": pc.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = device.type == "cuda"  # one kernel for the whole update; foreach elsewhere
-    return torch.optim.AdamW(groups, lr=pc.lr, betas=(pc.beta1, pc.beta2), eps=pc.eps,
-                             fused=fused, foreach=None if fused else True)
-
-
-def lr_at(step: int, pc) -> float:
-    """Linear warm-up over warmup_steps (step 0 already gets lr/warmup), then linear decay to min_lr at max_steps."""
-    if step < pc.warmup_steps:
-        return pc.lr * (step + 1) / pc.warmup_steps
-    frac = (step - pc.warmup_steps) / max(1, pc.max_steps - pc.warmup_steps)
-    return pc.min_lr + (pc.lr - pc.min_lr) * max(0.0, 1.0 - frac)
 
 
 # -----------------------------------------------------------------------------

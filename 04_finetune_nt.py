@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (PROJECT_ROOT, UserError, atomic_write_json, atomic_write_text, file_sha256,
-                    load_config, load_tokenizer, print0, read_fasta, run_main, save_config,
+from common import (PROJECT_ROOT, UserError, atomic_write_json, atomic_write_text, configure_optimizer, file_hash,
+                    load_config, load_tokenizer, lr_at, print0, read_fasta, run_main, save_config,
                     setup_distributed, teardown_distributed)
 from model import SequenceClassifier
 
@@ -246,13 +246,6 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> dict:
     }
 
 
-def lr_at(step: int, cfg) -> float:
-    """Linear warm-up to lr over warmup_steps, then linear decay to 0 at max_steps (HF's linear schedule)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cfg.lr * max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - cfg.warmup_steps))
-
-
 def run_seed(base_seed: int, task: str, k: int) -> int:
     """One seed per (task, seed index), shared by both inits so pretrained vs scratch is a paired
     comparison: same validation split, same head init, same batch order."""
@@ -316,19 +309,19 @@ def main():
     out = cfg.out_dir / "finetune"
     tok_path = cfg.out_dir / "tokenizer.json"
     tok, special = load_tokenizer(tok_path, cfg.model)
-    tok_sha = file_sha256(tok_path)
+    tok_sha = file_hash(tok_path)
     pretrained_path = Path(ft.pretrained) if ft.pretrained else cfg.out_dir / "final" / "model.pt"
     weights_sha = None
     if "pretrained" in ft.inits:
         if not pretrained_path.is_file():
             raise UserError(f"{pretrained_path}: pretrained weights not found (run 03_pretrain.py first, "
                             f"or fine-tune from scratch only: --finetune.inits=[scratch])")
-        weights_sha = file_sha256(pretrained_path)
+        weights_sha = file_hash(pretrained_path)
 
     # --- the plan: every (task, init, seed); a run is done when its metrics.json has the same hash
     recipe = {k: v for k, v in asdict(ft).items()
               if k not in ("benchmark", "base_url", "revision", "data_dir", "pretrained", "tasks", "inits", "num_seeds")}
-    data_sha = {t: {s: file_sha256(data_root / t / f"{s}.fna") for s in ("train", "test")}
+    data_sha = {t: {s: file_hash(data_root / t / f"{s}.fna") for s in ("train", "test")}
                 for t in tasks if (data_root / t / "train.fna").is_file()}
     missing = [t for t in tasks if t not in data_sha]
     if missing:
@@ -415,11 +408,7 @@ def main():
             except (RuntimeError, ValueError) as e:
                 raise UserError(f"{pretrained_path}: does not fit the [model] config ({str(e).splitlines()[0][:200]})")
         model.to(device)
-        # weight decay on matrices only, not on biases and LayerNorm weights (HF Trainer's rule)
-        decay = [p for p in model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": ft.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=ft.lr, betas=(0.9, 0.999), eps=1e-8)
+        opt = configure_optimizer(model, ft, device)  # AdamW, no decay on biases and norms (as 03)
 
         # training: an endless stream of seeded shuffles of the train rows
         rng = np.random.default_rng(seed)

@@ -207,7 +207,11 @@ class FinetuneConfig:
     max_steps: int = 5000
     warmup_steps: int = 500  # linear warm-up, then linear decay to 0 at max_steps
     lr: float = 1e-4
+    min_lr: float = 0.0
     weight_decay: float = 1e-5  # AdamW, not on biases and norms
+    beta1: float = 0.9  # AdamW betas and eps: Hugging Face Trainer's defaults, which TinyDNABERT used
+    beta2: float = 0.999
+    eps: float = 1e-8
     grad_clip: float = 1.0  # as Hugging Face Trainer's default max_grad_norm, which TinyDNABERT used
     eval_interval: int = 200  # validation MCC every this many steps (and at the last); the best weights are kept
     val_fraction: float = 0.1  # stratified, seeded split of train
@@ -452,6 +456,32 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 # -----------------------------------------------------------------------------
+# the training recipe both 03 and 04 use; `c` is a [pretrain] or [finetune] section
+
+
+def lr_at(step: int, c) -> float:
+    """Learning rate as a pure function of the step: linear warm-up over warmup_steps (step 0 already
+    gets lr/warmup_steps), then linear decay to min_lr at max_steps (Hugging Face's linear schedule)."""
+    if step < c.warmup_steps:
+        return c.lr * (step + 1) / c.warmup_steps
+    frac = (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps)
+    return c.min_lr + (c.lr - c.min_lr) * max(0.0, 1.0 - frac)
+
+
+def configure_optimizer(net, c, device):
+    """AdamW that decays the matrices (linear weights, embeddings) but not biases and LayerNorm weights
+    (all 1-D), as RoBERTa / Hugging Face's no_decay = ["bias", "LayerNorm.weight"]."""
+    import torch
+
+    params = [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": c.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = torch.device(device).type == "cuda"  # one kernel for the whole update; foreach elsewhere
+    return torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps,
+                             fused=fused, foreach=None if fused else True)
+
+
+# -----------------------------------------------------------------------------
 # distributed: torchrun sets RANK / LOCAL_RANK / WORLD_SIZE; a plain `python` run is world size 1.
 
 
@@ -543,7 +573,7 @@ def read_fasta(path: str | Path) -> Iterator[FastaRecord]:
     Raises UserError naming the file and line on a file with no header or with sequence before it.
     """
     path = Path(path)
-    header, line_no, chunks = None, 0, []
+    header, header_line, chunks = None, 0, []
     try:
         with open_text(path) as f:
             for line_no, line in enumerate(f, start=1):
@@ -624,14 +654,12 @@ def load_tokenizer(path: str | Path, model_cfg: ModelConfig | None = None):
     return tok, sp
 
 
-def file_sha256(path: str | Path) -> str:
+def file_hash(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in blocks (tokenizer and data fingerprints: sha256; downloads: md5)."""
     import hashlib
 
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def read_token_meta(tokens_dir: str | Path, tokenizer_path: str | Path) -> dict:
@@ -651,7 +679,7 @@ def read_token_meta(tokens_dir: str | Path, tokenizer_path: str | Path) -> dict:
         raise UserError(f"{meta_path}: not readable JSON ({e})")
     if not Path(tokenizer_path).is_file():
         raise UserError(f"{tokenizer_path}: tokenizer not found (run 02_train_tokenizer.py first)")
-    sha = file_sha256(tokenizer_path)
+    sha = file_hash(tokenizer_path)
     if meta.get("tokenizer_sha256") != sha:
         raise UserError(f"{meta_path}: token files were made with another tokenizer than {tokenizer_path} "
                         f"(sha256 {str(meta.get('tokenizer_sha256'))[:12]}… vs {sha[:12]}…); re-run 02_train_tokenizer.py")
@@ -666,16 +694,6 @@ def read_token_meta(tokens_dir: str | Path, tokenizer_path: str | Path) -> dict:
 
 # -----------------------------------------------------------------------------
 # downloads: resumable, retried, verified, cached (01 fetches genomes, 04 the NT benchmark)
-
-
-def md5_file(path: str | Path, block_size: int = 1 << 20) -> str:
-    import hashlib
-
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(block_size):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_verified(dest: str | Path, md5: str | None = None) -> bool:
@@ -724,7 +742,7 @@ def download(url: str, dest: str | Path, md5: str | Callable[[], str | None] | N
         return expected_cache[0]
 
     def accept(path: Path) -> Path:
-        digest = md5_file(path)
+        digest = file_hash(path, "md5")
         want = expected()
         if want is not None and digest != want:
             path.unlink()
@@ -734,7 +752,7 @@ def download(url: str, dest: str | Path, md5: str | Callable[[], str | None] | N
         atomic_write_text(sidecar, f"{digest}  {dest.name}\n")
         return dest
 
-    if dest.is_file() and expected() is not None and md5_file(dest) == expected():
+    if dest.is_file() and expected() is not None and file_hash(dest, "md5") == expected():
         return accept(dest)  # already here (copied in by hand, or verified before the sidecar existed)
 
     failures = 0

@@ -18,7 +18,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, processors, trainers
 
-from common import file_sha256
+from common import file_hash
 from conftest import ROOT, load_script, run_script
 from model import MaskedLM, ModelConfig
 
@@ -55,7 +55,7 @@ def make_token_run_dir(run_dir: Path, n_train: int = 160, n_val: int = 24, vocab
     meta = {"kind": "bpe", "vocab_size": tok.get_vocab_size(), "dtype": "uint16", "pad_id": 1, "mask_id": 4,
             "special_ids": [0, 1, 2, 3, 4], "splits": splits,
             "bp_per_token": splits["train"]["bp"] / splits["train"]["tokens"],
-            "tokenizer_sha256": file_sha256(run_dir / "tokenizer.json")}
+            "tokenizer_sha256": file_hash(run_dir / "tokenizer.json")}
     (run_dir / "tokens" / "meta.json").write_text(json.dumps(meta, indent=2))
     return run_dir
 
