@@ -50,22 +50,21 @@ Accounting (printed and in stats.json): bp read = bp kept + bp dropped + N bp + 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import zlib
 from contextlib import ExitStack
 from itertools import compress
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from common import (UserError, atomic_open, atomic_write_bytes, atomic_write_json, download, load_config,
-                    run_main, save_config)
-
-CHUNK = 4 << 20  # decompressed bytes per parsing step: the unit of memory, independent of genome size
+from shelf.config import load_config, save_config
+from shelf.demo_data import write_demo_genome
+from shelf.errors import UserError, run_main
+from shelf.fasta import fasta_pieces
+from shelf.files import atomic_write, download, is_verified, write_json
+from shelf.plots import plot_lengths
 
 
 def main():
@@ -93,7 +92,7 @@ def main():
     per_genome = []
     t0 = time.perf_counter()
     with ExitStack() as stack:  # any error deletes the temp files: earlier outputs stay untouched
-        writers = {s: stack.enter_context(atomic_open(out / f"{s}.txt", "wb")) for s in splits}
+        writers = {s: stack.enter_context(atomic_write(out / f"{s}.txt", "wb")) for s in splits}
         for (name, src, _, split), path in zip(genomes, files):
             counts = dict.fromkeys(totals, 0)
             record_bp = 0
@@ -148,7 +147,7 @@ def main():
     }
     # every base read is accounted for exactly once
     assert stats["bp_kept"] + stats["bp_dropped"] + stats["n_bp"] + stats["other_bp"] == stats["bp_read"], stats
-    atomic_write_json(out / "stats.json", stats)
+    write_json(out / "stats.json", stats)
     plot_lengths(edges, stats["length_histogram"]["counts"], out / "segment_lengths.png")
     save_config(cfg, out)
 
@@ -216,8 +215,15 @@ def resolve_source(src: str, md5: str, download_dir: str, run_dir: Path) -> Path
     if src == "demo":
         return write_demo_genome(run_dir / "genome" / "demo.fa")
     if src.startswith(("http://", "https://")):
-        name = src.rstrip("/").rsplit("/", 1)[-1]
-        return download(src, Path(download_dir) / name, md5=md5 or (lambda: checksum_beside(src)))
+        dest = Path(download_dir) / src.rstrip("/").rsplit("/", 1)[-1]
+        if md5 or is_verified(dest):
+            return download(src, dest, md5=md5)
+        md5 = checksum_beside(src)  # NCBI's md5checksums.txt, fetched only when a check is needed
+        download(src, dest, md5=md5)
+        if md5 is None:
+            print(f"warning: no preprocess.md5 for {src} and none in md5checksums.txt beside it: "
+                  "only the length was checked", file=sys.stderr)
+        return dest
     if "://" in src:
         raise UserError(f"{src}: only http:// and https:// URLs can be downloaded (NCBI serves https too)")
     path = Path(src)
@@ -238,8 +244,6 @@ def checksum_beside(url: str) -> str | None:
             text = r.read().decode("ascii", errors="replace")
     except urllib.error.HTTPError as e:
         if e.code == 404:
-            print(f"warning: no md5checksums.txt beside {url} and no preprocess.md5: only the length is checked",
-                  file=sys.stderr)
             return None
         raise UserError(f"{md5_url}: HTTP {e.code} {e.reason}")
     except (urllib.error.URLError, OSError) as e:
@@ -248,131 +252,11 @@ def checksum_beside(url: str) -> str | None:
         fields = line.split()
         if len(fields) == 2 and fields[1].removeprefix("./") == name:
             return fields[0]
-    print(f"warning: {md5_url} does not list {name}: only the length is checked", file=sys.stderr)
     return None
 
 
 # -----------------------------------------------------------------------------
 # the streaming FASTA parser
-
-
-def read_chunks(path: Path, size: int | None = None) -> Iterator[tuple[bytes, int]]:
-    """Yield (decompressed bytes, compressed bytes consumed) of a plain or gzip file, `size` at a time.
-
-    gzip goes through zlib directly: one decompressobj per member (bgzip writes many members), each
-    call capped at `size` output bytes, so even a member of a billion Ns never sits in memory.
-    """
-    size = size or CHUNK
-    with open(path, "rb") as f:
-        head = f.read(6)
-        f.seek(0)
-        for magic, kind in [(b"BZh", "bzip2"), (b"\xfd7zXZ", "xz"), (b"\x28\xb5\x2f\xfd", "zstd")]:
-            if head.startswith(magic):
-                raise UserError(f"{path}: {kind}-compressed; decompress it or recompress with gzip/bgzip")
-        if not head.startswith(b"\x1f\x8b"):
-            while data := f.read(size):
-                yield data, len(data)
-            return
-        d, fed, data = zlib.decompressobj(wbits=31), False, b""  # wbits 31 = gzip header + CRC check
-        while True:
-            consumed = 0
-            if not data:
-                data = f.read(1 << 20)
-                consumed = len(data)
-                if not data:  # end of file: drain what zlib still holds, then it must be at a member's end
-                    while fed and not d.eof and (out := d.decompress(b"", size)):
-                        yield out, 0
-                    if fed and not d.eof:
-                        raise UserError(f"{path}: truncated or corrupt gzip file (unexpected end of data); re-download it")
-                    return
-            try:
-                out = d.decompress(data, size)
-            except zlib.error as e:
-                raise UserError(f"{path}: corrupt gzip data ({e})")
-            fed, data = True, d.unconsumed_tail
-            if out or consumed:
-                yield out, consumed
-            if d.eof:  # end of a member: the next one (bgzip writes many) starts in unused_data
-                d, fed, data = zlib.decompressobj(wbits=31), False, d.unused_data + data
-
-
-WHITESPACE = b" \t\r\v\f"  # ignored anywhere in sequence lines ('\n' is removed first, separately)
-PRINTABLE = bytes(range(0x20, 0x7F))
-
-
-def fasta_pieces(path: Path, progress: tqdm | None = None) -> Iterator[tuple[str | None, bytes, bytes]]:
-    """Stream a FASTA file: yield (header, b"", b"") at each record, then (None, seq, non_acgt) pieces.
-
-    seq: a piece of the record's sequence (at most one chunk), whitespace removed, upper-cased;
-    non_acgt: seq's characters other than A/C/G/T, in order (len() counts them, .count(b"N") the Ns).
-    Per chunk the work is a few whole-buffer C calls (find, replace, translate, numpy), never a loop
-    over characters, so parsing runs at close to decompression speed.
-    """
-    offset = 0  # decompressed bytes before this chunk, to point at errors
-    in_header, header, at_line_start, seen_header = False, bytearray(), True, False
-    for chunk, consumed in read_chunks(path):
-        if progress is not None:
-            progress.update(consumed)
-        pos, n = 0, len(chunk)
-        while pos < n:
-            if in_header:  # inside a '>' line: everything up to the newline is the header
-                nl = chunk.find(b"\n", pos)
-                end = n if nl < 0 else nl
-                if len(header) < 10_000:  # a header is a name, not data: keep its first 10,000 bytes
-                    header += chunk[pos:end][:10_000]
-                if nl < 0:
-                    break
-                yield header.decode("ascii", "replace").strip(), b"", b""
-                in_header, header, pos, at_line_start = False, bytearray(), nl + 1, True
-                continue
-            if at_line_start and chunk[pos] == ord(">"):
-                in_header = seen_header = True
-                pos += 1
-                continue
-            end = chunk.find(b">", pos + 1)  # the next header: a '>' right after a newline (memchr-fast)
-            while end > 0 and chunk[end - 1] != 10:
-                end = chunk.find(b">", end + 1)
-            end = n if end < 0 else end
-            raw = chunk[pos:end]
-            at_line_start = raw.endswith(b"\n")
-            seq = raw.replace(b"\n", b"")
-            non_acgt = seq.translate(None, b"ACGTacgt")
-            if non_acgt:
-                for ws in WHITESPACE:  # CR of CRLF files, blank-ish lines, spaces: not sequence
-                    if ws in non_acgt:
-                        seq = seq.replace(bytes([ws]), b"")
-                        non_acgt = non_acgt.replace(bytes([ws]), b"")
-            if seq and not seen_header:
-                where = offset + pos + len(raw) - len(raw.lstrip())
-                raise UserError(f"{path}:{line_at(path, where)}: expected a FASTA header starting with '>', "
-                                f"found {raw.lstrip()[:20]!r}")
-            if non_acgt:
-                bad = non_acgt.translate(None, PRINTABLE)
-                if bad:
-                    where = offset + pos + raw.find(bad[:1])
-                    raise UserError(f"{path}:{line_at(path, where)}: binary byte {bad[0]:#04x} in a sequence "
-                                    "line: not a FASTA text file")
-                non_acgt = non_acgt.upper()
-            if seq:
-                # upper-case with one vectorised AND: clearing bit 5 maps a/c/g/t to A/C/G/T and can turn
-                # no other byte into A/C/G/T (non-letters may change, but they only ever break stretches)
-                yield None, (np.frombuffer(seq, np.uint8) & 0xDF).tobytes(), non_acgt
-            pos = end
-        offset += n
-    if in_header:
-        yield header.decode("ascii", "replace").strip(), b"", b""
-    if not seen_header:
-        raise UserError(f"{path}: empty file (no FASTA records)")
-
-
-def line_at(path: Path, offset: int) -> int:
-    """1-based line number of decompressed byte `offset` (read again: only used for an error message)."""
-    line, seen = 1, 0
-    for chunk, _ in read_chunks(path):
-        if seen + len(chunk) > offset:
-            return line + chunk.count(b"\n", 0, offset - seen)
-        line, seen = line + chunk.count(b"\n"), seen + len(chunk)
-    return line
 
 
 # -----------------------------------------------------------------------------
@@ -484,123 +368,6 @@ def write_segments(segments: list[bytes], split: str, val_fraction: float, draws
 
 # -----------------------------------------------------------------------------
 # the demo genome: small, synthetic, deterministic, with structure a model can learn
-
-DEMO_SEED = 20_240_601  # fixed, so the demo data is the same for every run.seed (which drives the cuts)
-BASES = np.frombuffer(b"ACGT", np.uint8)
-
-
-def write_demo_genome(path: Path) -> Path:
-    """Write a ~1.5 Mbp FASTA genome shaped like a real one, in about a second, offline.
-
-    What is in it: isochores (100-kb blocks of different GC content) with CpG depletion; 4 interspersed
-    repeat families (Alu-, L1-, ERV- and MIR-like consensus sequences, copies 5-20% diverged, L1 copies
-    5'-truncated) and microsatellites, all soft-masked (lower case) as RepeatMasker does; genes:
-    CpG-island promoters with a TATA box, exons of codons, introns from GT to a polypyrimidine tract + AG;
-    N runs (a 10 kb telomere gap, contig gaps of 100 bp and 5 kb); 30 IUPAC codes; a record with CRLF
-    line ends, one unwrapped 16,569 bp record (chrM), one empty record, headers with spaces.
-    """
-    rng = np.random.default_rng(DEMO_SEED)
-
-    def random_bases(n: int, gc: float) -> np.ndarray:  # (n,) uint8, CpG-depleted like vertebrate DNA
-        s = BASES[rng.choice(4, size=n, p=[(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2])]
-        cg = np.flatnonzero((s[:-1] == ord("C")) & (s[1:] == ord("G")))
-        cg = cg[rng.random(len(cg)) < 0.75]
-        s[cg] = ord("T")  # CG -> TG: methylated C deaminates to T
-        return s
-
-    def mutate(s: np.ndarray, rate: float) -> np.ndarray:
-        s = s.copy()
-        hit = rng.random(len(s)) < rate
-        s[hit] = BASES[rng.integers(0, 4, hit.sum())]
-        return s
-
-    families = {  # consensus, copies per 100 kb
-        "alu": (np.concatenate([random_bases(280, 0.62), np.full(20, ord("A"), np.uint8)]), 12),
-        "l1": (random_bases(6000, 0.38), 3),
-        "erv": (np.concatenate([ltr := random_bases(400, 0.45), random_bases(1800, 0.44), ltr]), 1),
-        "mir": (random_bases(260, 0.50), 6),
-    }
-    codons = np.frombuffer(b"".join(c.encode() for c in [
-        "GCC", "CTG", "GAG", "AAG", "GAC", "ATC", "GTG", "CAG", "AGC", "ACC", "TTC", "AAC", "GGC", "CCC",
-        "TAC", "CGG", "ATG", "TGG", "CAC", "TGC"]), np.uint8).reshape(-1, 3)
-
-    def gene() -> np.ndarray:  # promoter (CpG island + TATA) and exon/intron structure, ~10-25 kb
-        gc_island = random_bases(600, 0.68)
-        gc_island[rng.random(600) < 0.08] = ord("C")  # islands keep their CpGs: add some back
-        parts = [gc_island, np.frombuffer(b"TATAAAAG", np.uint8), random_bases(25, 0.5),
-                 np.frombuffer(b"ATG", np.uint8)]
-        for _ in range(rng.integers(3, 9)):
-            parts.append(codons[rng.integers(0, len(codons), rng.integers(30, 80))].ravel())  # exon
-            intron = random_bases(int(rng.integers(500, 3000)), 0.40)
-            parts += [np.frombuffer(b"GTAAGT", np.uint8), intron,
-                      BASES[rng.choice([1, 3], size=15)], np.frombuffer(b"CAG", np.uint8)]
-        parts.append(np.frombuffer(b"TAAAATAAA", np.uint8))  # stop codon + polyadenylation signal
-        return np.concatenate(parts)
-
-    def chromosome(n: int) -> bytes:
-        parts, size = [], 0
-        while size < n:
-            kind = rng.random()
-            if kind < 0.55:  # plain sequence of the current isochore
-                gc = [0.37, 0.41, 0.46, 0.53][(size // 100_000) % 4]
-                piece = random_bases(int(rng.integers(500, 4000)), gc)
-            elif kind < 0.90:  # a repeat copy, soft-masked
-                name = rng.choice(list(families), p=[0.55, 0.15, 0.05, 0.25])
-                consensus, _ = families[name]
-                start = int(rng.integers(0, len(consensus) - 250)) if name == "l1" else 0
-                piece = mutate(consensus[start:], rng.uniform(0.05, 0.20)) | 0x20
-            elif kind < 0.95:  # a microsatellite, soft-masked
-                unit = rng.choice([b"CA", b"A", b"GGAA", b"TTAGGG", b"AT"])
-                piece = np.frombuffer(unit * int(rng.integers(8, 40)), np.uint8) | 0x20
-            else:
-                piece = gene()
-            parts.append(piece)
-            size += len(piece)
-        return np.concatenate(parts)[:n].tobytes()
-
-    def wrap(seq: bytes, width: int, eol: bytes = b"\n") -> bytes:
-        return b"".join(seq[i:i + width] + eol for i in range(0, len(seq), width))
-
-    chr1 = bytearray(b"N" * 10_000 + chromosome(640_000))  # telomere gap, as at the start of hg38 chr2
-    chr1[300_000:300_100] = b"N" * 100  # contig gaps
-    chr1[450_000:455_000] = b"N" * 5_000
-    chr2 = bytearray(chromosome(480_000))
-    for i in rng.choice(len(chr2), 30, replace=False):  # IUPAC ambiguity codes where reads disagreed
-        chr2[i] = ord(rng.choice(list("RYKMSW")))
-    chr3, chr_m = chromosome(300_000), chromosome(16_569)
-    fasta = b"".join([
-        b">chr1 demo chromosome 1, 60-column lines\n", wrap(bytes(chr1), 60),
-        b">chr2 demo chromosome 2 with IUPAC codes\n", wrap(bytes(chr2), 80),
-        b">chr3 demo chromosome 3, Windows line ends\r\n", wrap(chr3, 70, b"\r\n"),
-        b">chrUn_empty an empty record\n\n",
-        b">chrM demo mitochondrion, one unwrapped line\n", chr_m + b"\n",
-    ])
-    atomic_write_bytes(path, fasta)
-    return path
-
-
-def plot_lengths(edges: list[int], counts: list[int], path: Path) -> None:
-    """Bar chart of the length histogram; the dashed line is what uniform lengths alone would give."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    e, c = np.array(edges), np.array(counts)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar(e[:-1], c, width=np.diff(e), align="edge", color="tab:blue", edgecolor="white")
-    ax.axhline(c.sum() / len(c), color="black", linestyle="--", linewidth=1, label="flat (uniform draws)")
-    ax.set_xlabel("segment length (bp)")
-    ax.set_ylabel("segments per bin")
-    ax.set_title(f"{int(c.sum()):,} segments, lengths {e[0]:,}-{e[-1] - 1:,} bp: uniform draws, "
-                 "plus each stretch's shorter last piece", fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)  # atomic, like every other output
 
 
 if __name__ == "__main__":

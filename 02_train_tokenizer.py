@@ -38,8 +38,10 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
-from common import (UserError, atomic_open, atomic_write_json, atomic_write_text, file_hash, load_config,
-                    load_tokenizer, run_main, save_config)
+from shelf.config import load_config, save_config
+from shelf.errors import UserError, run_main
+from shelf.files import atomic_write, file_hash, write_json
+from shelf.tokens import load_tokenizer
 
 KINDS = ("bpe", "kmer", "char")
 BPE_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4: RoBERTa's order, so pad = 1
@@ -197,7 +199,7 @@ def encode_split(tok: Tokenizer, src: Path, dst: Path, batch_size: int, unk_id: 
     cores via Rayon). Returns its counts for meta.json."""
     n_tokens = n_segments = n_bp = n_unk = 0
     encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast (tokenizers >= 0.20.1): no offsets
-    with atomic_open(dst, "wb") as out, tqdm(total=src.stat().st_size, unit="B", unit_scale=True,
+    with atomic_write(dst, "wb") as out, tqdm(total=src.stat().st_size, unit="B", unit_scale=True,
                                              desc=f"encode {src.name}") as bar:
         for batch in read_batches(src, batch_size):
             encodings = encode_batch(batch)  # with the kind's specials
@@ -241,7 +243,8 @@ def main() -> None:
     else:
         tok = char_tokenizer()
     tok_path = cfg.out_dir / "tokenizer.json"
-    atomic_write_text(tok_path, tok.to_str(pretty=True))
+    with atomic_write(tok_path) as f:
+        f.write(tok.to_str(pretty=True))
     tok, sp = load_tokenizer(tok_path)  # read back what 03 and 04 will read
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
     assert vocab_size <= 2**16, vocab_size
@@ -283,7 +286,7 @@ def main() -> None:
         "tokenizer_sha256": file_hash(tok_path),
         **train_stats,
     }
-    atomic_write_json(tok_dir / "meta.json", meta)
+    write_json(tok_dir / "meta.json", meta)
     save_config(cfg, tok_dir)
 
     # 3. summary

@@ -33,8 +33,6 @@ import dataclasses
 import io
 import math
 import os
-import random
-import re
 import resource
 import shutil
 import time
@@ -43,26 +41,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm import tqdm
 
 import model as modeling
-from common import (Config, ConfigError, Dist, UserError, atomic_torch_save, atomic_write_bytes, atomic_write_text,
-                    configure_optimizer, load_config, load_tokenizer, lr_at, print0, read_token_meta, run_main,
-                    save_config, setup_distributed, teardown_distributed)
-
-# bf16 dense tensor-core peak (TFLOP/s) and memory (GB) of the GPUs a lab is likely to have; for MFU and
-# the --dry-run plan. The first name that occurs in torch.cuda.get_device_name() wins.
-GPUS = [("H100 PCIe", 756, 80), ("H100", 989, 80), ("H200", 989, 141), ("A100", 312, 80), ("RTX 4090", 165, 24)]
-
-
-def gpu_spec(name: str) -> tuple[float, float] | None:
-    for key, tflops, mem_gb in GPUS:
-        if key.lower() in name.lower():
-            return tflops, mem_gb
-    return None
+from model import configure_optimizer, lr_at
+from shelf.checkpoint import atomic_torch_save, complete_checkpoints, load_checkpoint, save_checkpoint
+from shelf.config import Config, load_config, save_config
+from shelf.distributed import World, parallelize, print0, setup_distributed, teardown_distributed
+from shelf.dry_run import dry_run, gpu_spec
+from shelf.errors import ConfigError, UserError, run_main
+from shelf.files import atomic_write
+from shelf.plots import plot_losses
+from shelf.tokens import load_tokenizer, read_token_meta
 
 
 def check_config(cfg: Config) -> None:
@@ -85,76 +76,6 @@ def check_config(cfg: Config) -> None:
 
 # -----------------------------------------------------------------------------
 # --dry-run: what a run needs per GPU and how long it takes, from the config alone (meta device)
-
-
-def activation_elements(mcfg: modeling.ModelConfig) -> int:
-    """Activations one block keeps for backward, in elements per token (flash attention: no T x T scores).
-    ln_attn in C, qkv in C, SDPA q k v + out 4C, proj in C, ln_mlp in C, fc1 in C = 9C, plus the MLP
-    inner tensors: GELU in + out 2F, SwiGLU fc1 out 2F + silu out F + product F = 4F. With F = 4C
-    this is 17C elements = 34C bytes in bf16, Korthikanti et al.'s 34 s b h per layer."""
-    return 9 * mcfg.hidden_size + (4 if mcfg.mlp == "swiglu" else 2) * mcfg.ffn_size
-
-
-def dry_run(cfg: Config) -> None:
-    pc, mcfg = cfg.pretrain, cfg.model
-    world = int(os.environ.get("WORLD_SIZE", 0)) or pc.dry_run_gpus
-    fsdp = pc.parallel == "fsdp" and world > 1
-    spec = gpu_spec(pc.dry_run_gpu)
-    if spec is None:
-        raise ConfigError(f"pretrain.dry_run_gpu = '{pc.dry_run_gpu}': known GPUs: {', '.join(g[0] for g in GPUS)}")
-    peak_tflops, gpu_mem_gb = pc.gpu_peak_tflops or spec[0], spec[1]
-    with torch.device("meta"):  # no memory, no time: 7 B parameters are just shapes here
-        net = modeling.MaskedLM(mcfg)
-    n_params = modeling.num_parameters(net)
-    n_block = sum(p.numel() for p in net.encoder.blocks[0].parameters())
-    fpt = modeling.flops_per_token(mcfg, pc.seq_len, head_fraction=pc.mask_prob)
-    tokens_gpu = pc.batch_size * pc.seq_len  # per micro-batch per GPU
-    tokens_step = tokens_gpu * pc.grad_accum * world
-    bf16 = pc.precision != "fp32"  # "auto" means bf16 on the GPUs this plan is for
-    act_bytes = 2 if bf16 else 4
-    GB = 1e9
-
-    # Per-GPU memory. fp32 master weights, fp32 gradients and AdamW's two fp32 moments: 16 bytes per
-    # parameter, divided by the world size under FSDP. FSDP also holds unsharded bf16 copies of about two
-    # blocks at a time (the one computing and the one prefetched), their params and their grads.
-    shard = world if fsdp else 1
-    plan = {"weights (fp32)": 4 * n_params / shard, "gradients (fp32)": 4 * n_params / shard,
-            "AdamW moments (2 x fp32)": 8 * n_params / shard}
-    if fsdp:
-        plan["FSDP unsharded blocks (~2, params + grads)"] = 2 * 2 * n_block * act_bytes
-    per_layer = tokens_gpu * activation_elements(mcfg) * act_bytes
-    # embeddings; the LM head at the masked tokens (dense, GELU, LayerNorm; fp32 logits and their gradient)
-    embed_head = tokens_gpu * 2 * mcfg.hidden_size * act_bytes + pc.mask_prob * tokens_gpu * (
-        3 * mcfg.hidden_size * act_bytes + 8 * mcfg.vocab_size)
-    act_full = mcfg.num_layers * per_layer + embed_head
-    # activation checkpointing keeps only each block's input and recomputes one block at a time
-    act_ckpt = mcfg.num_layers * tokens_gpu * mcfg.hidden_size * act_bytes + per_layer + embed_head
-    state_total = sum(plan.values())
-
-    print(f"{cfg.run.name}: {n_params:,} parameters ({n_block:,} per block x {mcfg.num_layers} blocks)")
-    print(f"  FLOPs per token (training, LM head at the {pc.mask_prob:.0%} masked tokens): {fpt:.3e}")
-    print(f"  tokens per step: {tokens_step:,} = {pc.batch_size} x {pc.seq_len:,} tokens x {pc.grad_accum} "
-          f"accumulation x {world} GPUs; {pc.max_steps:,} steps = {tokens_step * pc.max_steps:.3e} tokens")
-    layout = f"FSDP2 over {world} GPUs" if fsdp else ("DDP, full replica per GPU" if world > 1 else "one GPU")
-    print(f"  memory per GPU ({layout}, {'bf16' if bf16 else 'fp32'} activations, "
-          f"micro-batch {pc.batch_size} x {pc.seq_len:,}):")
-    for name, b in plan.items():
-        print(f"    {name:<44} {b / GB:>9.2f} GB")
-    for ac, act in ((False, act_full), (True, act_ckpt)):
-        chosen = " <- configured" if ac == pc.activation_checkpointing else ""
-        total = state_total + act
-        verdict = "fits" if total < 0.9 * gpu_mem_gb * GB else "does NOT fit"
-        label = f"activations, checkpointing {'on' if ac else 'off'}"
-        print(f"    {label:<44} {act / GB:>9.2f} GB   -> total {total / GB:.2f} GB: {verdict} in "
-              f"{pc.dry_run_gpu}'s {gpu_mem_gb:g} GB{chosen}")
-    print("    (estimate: flash attention, no allocator fragmentation or communication buffers; keep ~10% spare)")
-    total_flops = fpt * tokens_step * pc.max_steps
-    seconds = total_flops / (world * peak_tflops * 1e12 * pc.dry_run_mfu)
-    wall = f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
-    gpu_hours = seconds * world / 3600
-    print(f"  time: {total_flops:.3e} FLOPs at {pc.dry_run_mfu:.0%} MFU on {world} x {pc.dry_run_gpu} "
-          f"({peak_tflops:g} TFLOP/s bf16 dense) = {wall} wall-clock, "
-          f"{gpu_hours:,.{0 if gpu_hours >= 100 else 1}f} GPU-hours")
 
 
 # -----------------------------------------------------------------------------
@@ -235,77 +156,17 @@ class Masker:
 # FSDP2 or DDP, torchtitan's order
 
 
-def parallelize(net: modeling.MaskedLM, cfg: Config, d: Dist, bf16: bool, seed: int) -> torch.nn.Module:
-    pc, device = cfg.pretrain, torch.device(d.device)
-    if not pc.meta_init:  # full tensors, before any sharding: the same weights on every rank, and the
-        torch.manual_seed(seed)  # same as a meta-device build on the CPU (init_weights from a fresh seed)
-        net.init_weights()
-    if pc.activation_checkpointing:
-        # keep each block's input only; recompute its insides in backward. Patching forward (not wrapping
-        # the module) keeps the state-dict keys unchanged.
-        from torch.utils.checkpoint import checkpoint
-        for block in net.encoder.blocks:
-            block.forward = _checkpointed(checkpoint, block.forward)
-    if pc.compile:
-        for block in net.encoder.blocks:  # per block: static shapes; the data-dependent LM-head gather stays eager
-            block.compile()
-    fsdp = pc.parallel == "fsdp" and d.is_distributed
-    if fsdp:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        mesh = init_device_mesh(device.type, (d.world_size,))  # always explicit (pytorch#132471)
-        # bf16 compute, fp32 gradient reduction (and fp32 master weights in the optimizer)
-        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
-              else MixedPrecisionPolicy())
-        for block in net.encoder.blocks:
-            fully_shard(block, mesh=mesh, mp_policy=mp)
-        # the root unit: embeddings, final norm and LM head, so the tied word embedding / decoder is one unit
-        fully_shard(net, mesh=mesh, mp_policy=mp)
-    if pc.meta_init:  # materialise (only this rank's shards under FSDP), then initialise once
-        net.to_empty(device=device)
-        torch.manual_seed(seed)
-        net.init_weights()
-        if fsdp:
-            _zero_sharded_padding_rows(net, d)
-    else:
-        net.to(device)
-    if d.is_distributed and not fsdp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        return DDP(net, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
-    return net
-
-
-def _checkpointed(checkpoint, forward):
-    def run(*args, **kwargs):
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-    return run
-
-
-@torch.no_grad()
-def _zero_sharded_padding_rows(net: modeling.MaskedLM, d: Dist) -> None:
-    """init_weights() zeroes an embedding's padding row with weight[pad].zero_(), which is a silent no-op on
-    a dim-0-sharded DTensor (torch 2.13). FSDP2 shards dim 0 like torch.chunk: rank r holds rows
-    [r * ceil(V / W), ...), so zero the row in the rank that holds it."""
-    for emb in (net.encoder.wte, net.encoder.wpe):
-        if emb is None or emb.padding_idx is None:
-            continue
-        local = emb.weight.to_local()
-        row = emb.padding_idx - d.rank * math.ceil(emb.weight.shape[0] / d.world_size)
-        if 0 <= row < local.shape[0]:
-            local[row].zero_()
-
-
 # -----------------------------------------------------------------------------
 # one training step: this rank's share of the global batch, forward + backward, clip
 
 
-def get_batch(stream: BlockStream, masker: Masker, step: int, pc, d: Dist,
+def get_batch(stream: BlockStream, masker: Masker, step: int, pc, d: World,
               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's rows of step `step`'s global batch, masked: inputs, labels (grad_accum * B, T) on the device.
     The global batch is grad_accum micro-batches of world_size x batch_size rows; the rank reads its
     batch_size rows of each. The mask noise is drawn for the whole global batch (seeded by the step), so
     the result does not depend on how the batch is split over ranks and micro-batches."""
-    rows_micro = pc.batch_size * d.world_size
+    rows_micro = pc.batch_size * d.size
     mine = slice(d.rank * pc.batch_size, (d.rank + 1) * pc.batch_size)
     ids = np.concatenate([stream.take(rows_micro)[mine] for _ in range(pc.grad_accum)])  # (accum * B,) block ids
     rows = torch.arange(pc.grad_accum * rows_micro).view(pc.grad_accum, rows_micro)[:, mine].flatten()
@@ -313,7 +174,7 @@ def get_batch(stream: BlockStream, masker: Masker, step: int, pc, d: Dist,
     return masker(stream.read(ids, device), seed_for(seed, 0, step), pc.grad_accum * rows_micro, rows.to(device))
 
 
-def forward_backward(model, inputs: torch.Tensor, labels: torch.Tensor, pc, d: Dist,
+def forward_backward(model, inputs: torch.Tensor, labels: torch.Tensor, pc, d: World,
                      autocast) -> tuple[torch.Tensor, torch.Tensor]:
     """Accumulate the gradient of the global batch's mean MLM loss over grad_accum micro-batches, then clip.
     Returns (loss, grad norm before clipping) as device tensors: no host sync here."""
@@ -335,7 +196,7 @@ def forward_backward(model, inputs: torch.Tensor, labels: torch.Tensor, pc, d: D
             n = (y != -100).sum()
             # DDP / FSDP average gradients over ranks, hence x world_size: the sum over ranks and micro-batches
             # is the gradient of (sum of CE over all targets of the global batch) / (their number)
-            (loss * (n * d.world_size / n_targets).float()).backward()
+            (loss * (n * d.size / n_targets).float()).backward()
         loss_sum += loss.detach().double() * n
     if d.is_distributed:
         dist.all_reduce(loss_sum)
@@ -350,122 +211,22 @@ def forward_backward(model, inputs: torch.Tensor, labels: torch.Tensor, pc, d: D
 # leaves the older checkpoints as they were; --resume takes the highest complete step-N.
 
 
-def rng_state(device: torch.device) -> dict:
-    return {"python": random.getstate(),
-            "numpy": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    random.setstate(state["python"])
-    kind, key, *rest = state["numpy"]
-    np.random.set_state((kind, np.array(key, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Finished checkpoints, oldest first (step-N.tmp folders are unfinished writes and never listed)."""
-    found = [(int(m.group(1)), p) for p in ckpt_dir.glob("step-*") if (m := re.fullmatch(r"step-(\d+)", p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def _barrier(d: Dist) -> None:
-    if d.is_distributed:
-        dist.barrier()
-
-
-def save_checkpoint(ckpt_dir: Path, step: int, net, optimizer, extra: dict, d: Dist, sharded: bool, keep: int) -> Path:
-    """Single process / DDP: rank 0 writes one state.pt (model and optimizer as full state dicts keyed by
-    parameter name, every rank's RNG state, `extra`). FSDP: a torch.distributed.checkpoint folder (each
-    rank writes its shards; it reloads on any number of ranks) + meta.pt + rng-rank<r>.pt."""
-    final, tmp = ckpt_dir / f"step-{step}", ckpt_dir / f"step-{step}.tmp"
-    if d.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier(d)
-    model_sd, optim_sd = get_state_dict(net, optimizer)  # DDP's "module." prefix is dropped
-    rng = rng_state(torch.device(d.device))
-    if sharded:
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp)
-        atomic_torch_save(rng, tmp / f"rng-rank{d.rank}.pt")
-        if d.is_main:
-            atomic_torch_save(extra, tmp / "meta.pt")
-    else:
-        rngs = [None] * d.world_size
-        if d.is_distributed:
-            dist.all_gather_object(rngs, rng)
-        else:
-            rngs = [rng]
-        if d.is_main:
-            atomic_torch_save({"model": model_sd, "optimizer": optim_sd, "rng": rngs, **extra}, tmp / "state.pt")
-    _barrier(d)
-    if d.is_main:
-        if final.exists():  # only if an earlier run got this far: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fd = os.open(ckpt_dir, os.O_RDONLY)  # make the rename itself durable
-        os.fsync(fd)
-        os.close(fd)
-        for old in complete_checkpoints(ckpt_dir)[:-keep]:
-            shutil.rmtree(old)
-        for stale in ckpt_dir.glob("step-*.tmp"):  # left by a crash
-            shutil.rmtree(stale, ignore_errors=True)
-    _barrier(d)
-    return final
-
-
-def load_checkpoint(path: Path, net, optimizer, d: Dist, sharded: bool) -> dict:
-    """Load model + optimizer into the (possibly wrapped or sharded) model; restore this rank's RNG state
-    when the world size is unchanged. Returns the saved `extra` (step, data position, config...)."""
-    device = torch.device(d.device)
-    if (path / "state.pt").is_file():
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-        # full (unsharded) state dicts: under FSDP every rank keeps just its shard of them
-        options = StateDictOptions(full_state_dict=True) if sharded else None
-        set_state_dict(net, optimizer, model_state_dict=state.pop("model"), optim_state_dict=state.pop("optimizer"),
-                       options=options)
-        rngs = state.pop("rng")
-        rng = rngs[d.rank] if len(rngs) == d.world_size else None
-        extra = state
-    elif (path / "meta.pt").is_file():
-        model_sd, optim_sd = get_state_dict(net, optimizer)  # the layout to load into
-        loaded = {"model": model_sd, "optimizer": optim_sd}
-        dcp.load(loaded, checkpoint_id=path)  # reshards to this world size
-        set_state_dict(net, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
-        extra = torch.load(path / "meta.pt", weights_only=True)
-        rng_file = path / f"rng-rank{d.rank}.pt"
-        rng = (torch.load(rng_file, weights_only=True)
-               if extra["world_size"] == d.world_size and rng_file.is_file() else None)
-    else:
-        raise UserError(f"{path}: not a checkpoint (no state.pt or meta.pt)")
-    if rng is not None:
-        set_rng_state(rng, device)
-    else:
-        print0(f"note: {path} was written by {extra['world_size']} processes, this run has {d.world_size}: "
-               "random streams re-seeded, so this resume is not bit-exact")
-        torch.manual_seed(seed_for(extra["config"]["run"]["seed"], 3, extra["step"], d.rank))
-    return extra
-
-
 # -----------------------------------------------------------------------------
 # validation: a fixed subset of val blocks with fixed masks, so every evaluation scores the same task
 
 
 @torch.no_grad()
 def evaluate(net, stream: BlockStream, eval_ids: np.ndarray, masker: Masker, rows_per_rank: int, seed: int,
-             d: Dist, autocast, vocab_size: int) -> tuple[float, float, float]:
+             d: World, autocast, vocab_size: int) -> tuple[float, float, float]:
     """-> (MLM loss, masked-token accuracy, accuracy of always guessing the most frequent target)."""
     net.eval()
     device = torch.device(d.device)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, targets
     counts = torch.zeros(vocab_size, dtype=torch.float64, device=device)  # target histogram
-    chunk = rows_per_rank * d.world_size
+    chunk = rows_per_rank * d.size
     for i, start in enumerate(range(0, len(eval_ids), chunk)):
         ids = eval_ids[start: start + chunk]  # len is a multiple of world_size
-        per_rank = len(ids) // d.world_size
+        per_rank = len(ids) // d.size
         rows = slice(d.rank * per_rank, (d.rank + 1) * per_rank)
         inputs, labels = masker(stream.read(ids[rows], device), seed_for(seed, 1, i), len(ids), rows)
         with autocast:
@@ -487,34 +248,6 @@ def evaluate(net, stream: BlockStream, eval_ids: np.ndarray, masker: Masker, row
 
 LOG_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "mem_gb",
                "val_loss", "val_acc", "val_const_acc"]
-
-
-def plot_losses(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") not in ("", None)]
-    val = [(int(r["step"]), float(r["val_loss"]), float(r["val_acc"])) for r in rows
-           if r.get("val_loss") not in ("", None)]
-    fig, (ax, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    if train:
-        ax.plot(*zip(*train), label="train (masked tokens)", lw=1)
-    if val:
-        ax.plot([v[0] for v in val], [v[1] for v in val], "o-", label="validation")
-        ax_acc.plot([v[0] for v in val], [v[2] for v in val], "o-", color="C1", label="validation")
-        const = [float(r["val_const_acc"]) for r in rows if r.get("val_const_acc") not in ("", None)]
-        ax_acc.axhline(const[-1], color="grey", ls="--", label="most frequent token")
-    ax.set(xlabel="step", ylabel="MLM loss (nats)", title="masked-LM loss")
-    ax_acc.set(xlabel="step", ylabel="accuracy", title="masked-token accuracy")
-    for a in (ax, ax_acc):
-        a.grid(alpha=0.3)
-        a.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -539,7 +272,7 @@ def main() -> None:
         teardown_distributed()
 
 
-def pretrain(cfg: Config, d: Dist, resume: bool, restart: bool = False) -> None:
+def pretrain(cfg: Config, d: World, resume: bool, restart: bool = False) -> None:
     pc, seed = cfg.pretrain, cfg.run.seed
     out = cfg.out_dir
     device = torch.device(d.device)
@@ -554,15 +287,15 @@ def pretrain(cfg: Config, d: Dist, resume: bool, restart: bool = False) -> None:
     meta = read_token_meta(out / "tokens", out / "tokenizer.json")  # refuses token files of another tokenizer
     train = BlockStream(out / "tokens" / "train.bin", pc.seq_len, seed)
     val = BlockStream(out / "tokens" / "val.bin", pc.seq_len, seed)
-    rows_step = pc.batch_size * d.world_size  # rows of one global micro-batch
+    rows_step = pc.batch_size * d.size  # rows of one global micro-batch
     if train.n_blocks < rows_step:
         raise UserError(f"{out / 'tokens' / 'train.bin'}: {train.n_blocks:,} blocks of {pc.seq_len} tokens, fewer "
-                        f"than one global micro-batch ({pc.batch_size} x {d.world_size} ranks); "
+                        f"than one global micro-batch ({pc.batch_size} x {d.size} ranks); "
                         "lower pretrain.batch_size")
-    if val.n_blocks < d.world_size:
+    if val.n_blocks < d.size:
         raise UserError(f"{out / 'tokens' / 'val.bin'}: {val.n_blocks} blocks of {pc.seq_len} tokens; need at least "
-                        f"{d.world_size}: lower pretrain.seq_len or hold out more validation data")
-    n_eval = min(pc.eval_batches * rows_step, val.n_blocks) // d.world_size * d.world_size
+                        f"{d.size}: lower pretrain.seq_len or hold out more validation data")
+    n_eval = min(pc.eval_batches * rows_step, val.n_blocks) // d.size * d.size
     eval_ids = np.random.default_rng([seed, 2]).permutation(val.n_blocks)[:n_eval]  # the fixed validation subset
     special_ids = sorted(set(special.all) | set(meta["special_ids"]))
     masker = Masker(cfg.model.vocab_size, meta["vocab_size"], special_ids, meta["mask_id"], pc.mask_prob, device)
@@ -609,23 +342,24 @@ def pretrain(cfg: Config, d: Dist, resume: bool, restart: bool = False) -> None:
         writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(history)
-        atomic_write_text(log_path, buf.getvalue())
+        with atomic_write(log_path) as f:
+            f.write(buf.getvalue())
         log_file = open(log_path, "a", newline="")
         log = csv.DictWriter(log_file, fieldnames=LOG_COLUMNS, lineterminator="\n")
 
     stop = min(pc.stop_at or pc.max_steps, pc.max_steps)
-    tokens_step = pc.batch_size * pc.seq_len * pc.grad_accum * d.world_size
+    tokens_step = pc.batch_size * pc.seq_len * pc.grad_accum * d.size
     flops_token = modeling.flops_per_token(cfg.model, pc.seq_len, head_fraction=pc.mask_prob)
     spec = gpu_spec(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    peak_flops = (pc.gpu_peak_tflops or (spec[0] if spec else 0.0)) * 1e12 * d.world_size
-    print0(f"{cfg.run.name}: {n_params:,} parameters on {d.world_size} x {device.type}"
+    peak_flops = (pc.gpu_peak_tflops or (spec[0] if spec else 0.0)) * 1e12 * d.size
+    print0(f"{cfg.run.name}: {n_params:,} parameters on {d.size} x {device.type}"
            f"{' (FSDP2)' if sharded else ' (DDP)' if d.is_distributed else ''}, {'bf16' if bf16 else 'fp32'}; "
            f"{tokens_step:,} tokens per step; train {train.n_blocks:,} blocks, validation subset {n_eval:,} blocks")
 
     # ---- the training loop
     def checkpoint_now() -> None:
         extra = {"step": step, "data": {"epoch": train.epoch, "index": train.index},
-                 "config": dataclasses.asdict(cfg), "world_size": d.world_size}
+                 "config": dataclasses.asdict(cfg), "world_size": d.size}
         if d.is_main:  # the log up to here is durable together with the checkpoint
             log_file.flush()
             os.fsync(log_file.fileno())

@@ -23,11 +23,8 @@ Finished runs (metrics.json with the same config hash) are skipped, so an interr
     torchrun --nproc_per_node=2 04_finetune_nt.py                     # the ranks share out the runs
 """
 
-import csv
 import hashlib
 import json
-import math
-import os
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -39,10 +36,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (PROJECT_ROOT, UserError, atomic_write_json, atomic_write_text, configure_optimizer, file_hash,
-                    load_config, load_tokenizer, lr_at, print0, read_fasta, run_main, save_config,
-                    setup_distributed, teardown_distributed)
-from model import SequenceClassifier
+from model import SequenceClassifier, configure_optimizer, lr_at
+from shelf.config import PROJECT_ROOT, load_config, save_config
+from shelf.demo_data import make_demo_tasks
+from shelf.distributed import print0, setup_distributed, teardown_distributed
+from shelf.errors import UserError, run_main
+from shelf.fasta import read_fasta
+from shelf.files import download, file_hash, write_json
+from shelf.results import read_commented_csv, write_results
+from shelf.tokens import load_tokenizer
 
 # Where each benchmark lives on the Hugging Face hub. The original repo is pinned to a commit we could
 # verify holds every task folder; for the revised repo no commit hash could be checked offline, so it
@@ -53,14 +55,7 @@ BENCHMARKS = {
                  "revision": "d11d8921f9255e5d657e69443865966e66de3b21"},
 }
 TASKS_CSV = PROJECT_ROOT / "configs" / "nt_tasks.csv"  # benchmark, task, display, train, test, classes, seq_len
-REFERENCE_CSV = PROJECT_ROOT / "configs" / "reference_mcc.csv"  # published MCC: NT SOTA, TinyDNABERT
 INITS = ("pretrained", "scratch")
-
-
-def read_commented_csv(path: Path) -> list[dict]:
-    """A CSV whose leading '#' lines are comments (the citation of the figures in it)."""
-    with open(path) as f:
-        return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
 @dataclass
@@ -82,54 +77,6 @@ def task_table(benchmark: str) -> dict[str, TaskInfo]:
 
 # -----------------------------------------------------------------------------
 # demo tasks: NT-format files made here, deterministically, so the demo preset needs no download
-
-
-def make_demo_tasks(task_dir: Path, seed: int) -> None:
-    """Two small synthetic tasks with planted motifs (sizes in configs/nt_tasks.csv):
-    promoter_synth (2 classes, 80 bp): label 1 carries a TATA box (TATAAA) 20-30 bp from the start;
-      a third of the label-0 sequences carry one too, but elsewhere, so the position matters.
-    splice_synth (3 classes, 90 bp): 1 = donor-like (CAG|GTAAGT at the centre), 2 = acceptor-like
-      (a pyrimidine tract then CAG|G at the centre), 0 = neither; 5% of every task's labels are flipped
-      so the test MCC stays below 1."""
-    rng = np.random.default_rng(seed)
-    bases = np.array(list("ACGT"))
-
-    def background(n):
-        return "".join(rng.choice(bases, size=n, p=[0.3, 0.2, 0.2, 0.3]))
-
-    def plant(s, motif, at):
-        return s[:at] + motif + s[at + len(motif):]
-
-    def promoter(label):
-        s = background(80)
-        if label == 1:
-            s = plant(s, "TATAAA", int(rng.integers(20, 31)))
-        elif rng.random() < 0.33:
-            s = plant(s, "TATAAA", int(rng.choice(np.r_[0:12, 42:74])))
-        return s
-
-    def splice(label):
-        s = background(90)
-        if label == 1:
-            s = plant(s, "CAGGTAAGT", 42)
-        elif label == 2:
-            tract = "".join(rng.choice(np.array(list("CT")), size=15))
-            s = plant(s, tract + "CAGG", 30)
-        return s
-
-    specs = [("promoter_synth", promoter, 2), ("splice_synth", splice, 3)]
-    info = task_table("demo")
-    for name, make, classes in specs:
-        for split in ("train", "test"):
-            n = getattr(info[name], split)
-            lines = []
-            for i in range(n):
-                label = int(rng.integers(classes))
-                seq = make(label)
-                if rng.random() < 0.05:  # label noise
-                    label = int(rng.integers(classes))
-                lines.append(f">{name}_{split}_{i}|{label}\n{seq}\n")
-            atomic_write_text(task_dir / name / f"{split}.fna", "".join(lines))
 
 
 # -----------------------------------------------------------------------------
@@ -182,8 +129,6 @@ def load_task(task_dir: Path, info: TaskInfo) -> dict:
 def fetch_task(base_url: str, repo: str, revision: str, task: str, dest: Path) -> None:
     """Download <task>/{train,test}.fna into dest unless there; resume, retries and the size check
     are common.download's (a transfer that stops early resumes with a Range request)."""
-    from common import download
-
     for split in ("train", "test"):
         path = dest / f"{split}.fna"
         if not path.is_file():
@@ -256,7 +201,7 @@ def main():
     cfg, flags = load_config(flags=("--dry-run",))
     ft = cfg.finetune
     dist = setup_distributed(cfg.run.device)
-    rank, world = dist.rank, dist.world_size
+    rank, world = dist.rank, dist.size
 
     def log(*a):  # every rank's own runs matter under torchrun: prefix the rank
         print(*((f"[rank {rank}]",) if world > 1 else ()), *a, flush=True)
@@ -294,7 +239,7 @@ def main():
     if dist.is_main:
         if ft.benchmark == "demo":
             if not all((data_root / t / s).is_file() for t in tasks for s in ("train.fna", "test.fna")):
-                make_demo_tasks(data_root, cfg.run.seed)
+                make_demo_tasks(data_root, cfg.run.seed, {t: (i.train, i.test) for t, i in task_table("demo").items()})
                 print0(f"wrote the synthetic demo tasks to {data_root}")
         elif ft.benchmark in BENCHMARKS:
             bm = BENCHMARKS[ft.benchmark]
@@ -458,7 +403,7 @@ def main():
             "n_train": int(len(tr_idx)), "n_val": int(len(va_idx)), "classes": d["classes"],
             "truncated": d["truncated"], "seconds": round(time.time() - t0, 1), "history": history,
         }
-        atomic_write_json(run_dir(task, init, k) / "metrics.json", metrics)
+        write_json(run_dir(task, init, k) / "metrics.json", metrics)
         log(f"{task:<24} {init:<10} seed {k}: best step {best['step']:,}  val MCC {best['mcc']:.4f}  "
             f"test MCC {test['mcc']:.4f}  ({len(test_pred):,} test sequences, {metrics['seconds']:.0f} s)")
         del model, opt, best
@@ -474,116 +419,6 @@ def main():
 
 # -----------------------------------------------------------------------------
 # the outputs: results.csv, results.md, mcc.png
-
-
-def mean_sd(xs: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (ddof 1; None with a single run)."""
-    m = sum(xs) / len(xs)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None)
-
-
-def write_results(out: Path, rows: list[dict], tasks: list[str], infos: dict, inits: list[str]) -> None:
-    # results.csv: one row per run, in plan order (task, init, seed): a rerun rewrites the same file
-    cols = ["task", "init", "seed", "best_step", "val_mcc", "test_mcc", "test_accuracy", "test_f1", "n_test"]
-    lines = [",".join(cols)]
-    for r in rows:
-        lines.append(",".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
-    atomic_write_text(out / "results.csv", "\n".join(lines) + "\n")
-
-    ref = {r["task"]: r for r in read_commented_csv(REFERENCE_CSV)}
-    ours = {(t, i): mean_sd([r["test_mcc"] for r in rows if r["task"] == t and r["init"] == i])
-            for t in tasks for i in inits}
-
-    def fmt(ms):
-        if ms is None:
-            return "–"
-        m, sd = ms
-        return f"{m:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
-
-    def fref(t, col):
-        return f"{float(ref[t][col]):.3f}" if t in ref else "–"
-
-    n_seeds = len({r["seed"] for r in rows})
-    md = ["# NT benchmark: test MCC",
-          "",
-          f"Ours: mean ± s.d. over {n_seeds} seed(s) (each seed: its own stratified validation split, head init and "
-          "batch order; the best validation-MCC weights score the whole test split). TinyDNABERT: one run per task "
-          "(ForestsKing/TinyDNABERT). NT SOTA: best model per task in Dalla-Torre et al., Nature Methods 2024. "
-          "Published figures: configs/reference_mcc.csv.",
-          "",
-          "| task | ours scratch | ours pretrained | TinyDNABERT scratch | TinyDNABERT | NT SOTA |",
-          "|---|---|---|---|---|---|"]
-    for t in tasks:
-        md.append(f"| {infos[t].display} | {fmt(ours.get((t, 'scratch')))} | {fmt(ours.get((t, 'pretrained')))} | "
-                  f"{fref(t, 'tinydnabert_scratch')} | {fref(t, 'tinydnabert')} | {fref(t, 'nt_sota')} |")
-
-    def col_mean(vals):
-        vals = [v for v in vals if v is not None]
-        return sum(vals) / len(vals) if vals else None
-
-    mean = {i: col_mean([ours[(t, i)][0] for t in tasks if (t, i) in ours]) for i in inits}
-    ref_tasks = [t for t in tasks if t in ref]
-    rmean = {c: col_mean([float(ref[t][c]) for t in ref_tasks]) for c in ("tinydnabert_scratch", "tinydnabert", "nt_sota")}
-
-    def f3(x):
-        return "–" if x is None else f"{x:.3f}"
-
-    md.append(f"| **mean** | {f3(mean.get('scratch'))} | {f3(mean.get('pretrained'))} | {f3(rmean['tinydnabert_scratch'])} "
-              f"| {f3(rmean['tinydnabert'])} | {f3(rmean['nt_sota'])} |")
-
-    # the two headline ratios TinyDNABERT reports, for ours and theirs over the same tasks
-    def ratio(a, b):
-        return None if a is None or b is None or b == 0 else a / b
-
-    def pct(x, signed=False):
-        return "–" if x is None else (f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%")
-
-    ours_ref = {i: col_mean([ours[(t, i)][0] for t in ref_tasks if (t, i) in ours]) for i in inits}
-    g_ours = ratio(ours_ref.get("pretrained"), ours_ref.get("scratch"))
-    g_tdb = ratio(rmean["tinydnabert"], rmean["tinydnabert_scratch"])
-    md += ["",
-           f"Headline ratios over the {len(ref_tasks)} task(s) with published figures"
-           + ("" if ref_tasks else " (none of the tasks run has published figures)") + ":",
-           "",
-           "| | gain of pretraining over scratch | share of NT SOTA |",
-           "|---|---|---|",
-           f"| ours | {pct(None if g_ours is None else g_ours - 1, True)} | {pct(ratio(ours_ref.get('pretrained'), rmean['nt_sota']))} |",
-           f"| TinyDNABERT | {pct(None if g_tdb is None else g_tdb - 1, True)} | {pct(ratio(rmean['tinydnabert'], rmean['nt_sota']))} |",
-           ""]
-    atomic_write_text(out / "results.md", "\n".join(md))
-    print0("\n".join(md[4:]))
-    plot_mcc(out / "mcc.png", tasks, infos, inits, ours, ref)
-    print0(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'mcc.png'}")
-
-
-def plot_mcc(path: Path, tasks, infos, inits, ours, ref) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = [(f"ours {i}", [ours[(t, i)] for t in tasks], c) for i, c in (("scratch", "#9ecae1"), ("pretrained", "#08519c"))
-              if i in inits]
-    for col, label, c in (("tinydnabert_scratch", "TinyDNABERT scratch", "#fdae6b"),
-                          ("tinydnabert", "TinyDNABERT", "#e6550d"), ("nt_sota", "NT SOTA", "#636363")):
-        if any(t in ref for t in tasks):
-            series.append((label, [(float(ref[t][col]), None) if t in ref else (float("nan"), None) for t in tasks], c))
-    x = np.arange(len(tasks))
-    w = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(tasks) + 2), 4.5))
-    for j, (label, vals, c) in enumerate(series):
-        sds = [v[1] for v in vals]  # error bars on our bars only: the published figures are single numbers
-        ax.bar(x + (j - (len(series) - 1) / 2) * w, [v[0] for v in vals], w, label=label, color=c,
-               yerr=None if all(sd is None for sd in sds) else [sd or 0 for sd in sds], capsize=2,
-               error_kw={"elinewidth": 0.8})
-    ax.set_xticks(x, [infos[t].display for t in tasks], rotation=45, ha="right")
-    ax.set_ylabel("test MCC (error bar: s.d. over seeds)")
-    ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
-    ax.axhline(0, color="k", lw=0.5)
-    ax.legend(fontsize=8, ncol=min(5, len(series)), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """
-One bidirectional Transformer encoder for every preset, written out by hand.
+One bidirectional Transformer encoder for every preset, written out by hand (no `transformers`).
 
     tinydnabert  RoBERTa: post-LayerNorm, learned pad-aware positions, token types, GELU
     agront_1b    ESM-like: pre-LayerNorm, learned pad-aware positions, GELU
     dnafm_7b     DNA FM / AIDO: pre-LayerNorm, RoPE, SwiGLU
 
-Classes: Encoder, MaskedLM (pretraining), SequenceClassifier (fine-tuning); ModelConfig (the [model]
-config section) lives in common.py with the other sections and is re-exported here.
-Helpers: num_parameters, flops_per_token, hf_roberta_to_ours / ours_to_hf_roberta (weight renames,
-so a test can prove MaskedLM computes exactly what Hugging Face's RobertaForMaskedLM computes).
+Read top to bottom: ModelConfig (the [model] config section) -> rotary positions -> SelfAttention,
+MLP, Block -> Encoder -> MaskedLM (pretraining: the LM head and the loss at the masked positions) ->
+SequenceClassifier (fine-tuning: the classifier head on the first token) -> the training recipe 03 and
+04 share (AdamW groups, the learning rate as a function of the step) -> size and FLOPs.
 
 Big models are built without memory on the meta device, then materialised and initialised once:
 
@@ -16,15 +16,58 @@ Big models are built without memory on the meta device, then materialised and in
         model = MaskedLM(cfg)
     model.to_empty(device="cuda")
     model.init_weights()
-
-This file deliberately does not import `transformers`.
 """
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import ModelConfig  # the [model] section of the config: a plain dataclass, defined with the others
+
+@dataclass
+class ModelConfig:
+    """The [model] section of a config. The defaults are tinydnabert (TinyDNABERT's RoBERTa)."""
+    vocab_size: int = 1024
+    pad_token_id: int = 1  # the tokenizer's real pad id
+    hidden_size: int = 512
+    num_layers: int = 6
+    num_heads: int = 8
+    ffn_size: int = 2048
+    max_seq_len: int = 512  # tokens per sequence the model accepts
+    position_embedding: str = "learned"  # "learned" (RoBERTa/ESM, pad-aware) | "rope"
+    rope_theta: float = 10000.0
+    type_vocab_size: int = 2  # 0 = no token-type embeddings
+    norm_position: str = "post"  # "post" (RoBERTa) | "pre" (ESM, AgroNT, DNA FM)
+    mlp: str = "gelu"  # "gelu" (exact erf GELU) | "swiglu"
+    bias: bool = True  # biases in linear layers
+    dropout: float = 0.1  # hidden dropout
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self):  # every value is checked here, once, whoever builds the config
+        def check(ok, field, msg):
+            if not ok:
+                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}: {msg}")
+
+        for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_size", "max_seq_len",
+                      "rope_theta", "layer_norm_eps", "init_std"):
+            check(getattr(self, field) > 0, field, "must be positive")
+        check(0 <= self.pad_token_id < self.vocab_size, "pad_token_id", "must be in [0, vocab_size)")
+        check(self.hidden_size % self.num_heads == 0, "hidden_size", f"must be divisible by num_heads={self.num_heads}")
+        check(self.position_embedding in ("learned", "rope"), "position_embedding", "must be 'learned' or 'rope'")
+        check(self.position_embedding != "rope" or self.head_size % 2 == 0, "num_heads",
+              "RoPE needs an even head size (hidden_size / num_heads)")
+        check(self.type_vocab_size >= 0, "type_vocab_size", "must be >= 0 (0 = none)")
+        check(self.norm_position in ("post", "pre"), "norm_position", "must be 'post' or 'pre'")
+        check(self.mlp in ("gelu", "swiglu"), "mlp", "must be 'gelu' or 'swiglu'")
+        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        check(0.0 <= self.attention_dropout < 1.0, "attention_dropout", "must be in [0, 1)")
+
+    @property
+    def head_size(self):
+        return self.hidden_size // self.num_heads
 
 
 # -----------------------------------------------------------------------------
@@ -309,6 +352,29 @@ class SequenceClassifier(nn.Module):
 
 
 # -----------------------------------------------------------------------------
+# The training recipe 03 (pretraining) and 04 (fine-tuning) share; `c` is a [pretrain] or [finetune] section
+
+def lr_at(step, c):
+    """Learning rate as a pure function of the step: linear warm-up over warmup_steps (step 0 already
+    gets lr/warmup_steps), then linear decay to min_lr at max_steps (Hugging Face's linear schedule)."""
+    if step < c.warmup_steps:
+        return c.lr * (step + 1) / c.warmup_steps
+    frac = (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps)
+    return c.min_lr + (c.lr - c.min_lr) * max(0.0, 1.0 - frac)
+
+
+def configure_optimizer(net, c, device):
+    """AdamW that decays the matrices (linear weights, embeddings) but not biases and LayerNorm weights
+    (all 1-D), as RoBERTa / Hugging Face's no_decay = ["bias", "LayerNorm.weight"]."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": c.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = torch.device(device).type == "cuda"  # one kernel for the whole update; foreach elsewhere
+    return torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps,
+                             fused=fused, foreach=None if fused else True)
+
+
+# -----------------------------------------------------------------------------
 # Size and cost
 
 def num_parameters(model, exclude_positions=False):
@@ -337,83 +403,3 @@ def flops_per_token(cfg, seq_len, head_fraction=1.0):
     per_layer = 4 * C * C + (3 if cfg.mlp == "swiglu" else 2) * C * F_
     head = C * C + V * C
     return 6 * (L * per_layer + head_fraction * head) + 12 * L * C * seq_len
-
-
-# -----------------------------------------------------------------------------
-# Hugging Face RobertaForMaskedLM / RobertaForSequenceClassification <-> ours: pure key renames.
-# Only the RoBERTa shape (post-LN, learned positions, GELU) has an HF counterpart.
-#
-#   roberta.embeddings.<X>                          encoder.<_HF_EMBEDDINGS[X]>   (wte, wpe, wtt, ln_emb)
-#   roberta.encoder.layer.i.<X>                     encoder.blocks.i.<_HF_BLOCK[X]>
-#   roberta.encoder.layer.i.attention.self.{query,key,value}.*
-#                                                   encoder.blocks.i.attn.qkv.*  (cat / chunk on dim 0)
-#   lm_head.{dense,layer_norm}.*, lm_head.bias      same names (lm_head.decoder.bias is lm_head.bias)
-#   lm_head.decoder.weight                          none: it is encoder.wte.weight (tied)
-#   classifier.{dense,out_proj}.*                   same names
-
-_HF_EMBEDDINGS = {
-    "embeddings.word_embeddings.": "wte.",
-    "embeddings.position_embeddings.": "wpe.",
-    "embeddings.token_type_embeddings.": "wtt.",
-    "embeddings.LayerNorm.": "ln_emb.",
-}
-_HF_BLOCK = {
-    "attention.output.dense.": "attn.proj.",
-    "attention.output.LayerNorm.": "ln_attn.",
-    "intermediate.dense.": "mlp.fc1.",
-    "output.dense.": "mlp.fc2.",
-    "output.LayerNorm.": "ln_mlp.",
-}
-_QKV = ("query", "key", "value")  # our fused qkv rows, in this order
-
-
-def _rename_prefix(key, table):
-    for a, b in table.items():
-        if key.startswith(a):
-            return b + key.removeprefix(a)
-    raise KeyError(f"no Hugging Face RoBERTa name for {key!r} (only the RoBERTa shape maps)")
-
-
-def hf_roberta_to_ours(hf_state_dict):
-    """HF RobertaForMaskedLM (or RobertaForSequenceClassification) state dict -> ours."""
-    out, qkv = {}, {}
-    for k, v in hf_state_dict.items():
-        if k.endswith(("position_ids", "token_type_ids")) or k in ("lm_head.decoder.weight", "lm_head.decoder.bias"):
-            continue  # HF buffers, and the tied decoder (weight = word embeddings, bias = lm_head.bias)
-        if k.startswith("roberta.embeddings."):
-            k = "encoder." + _rename_prefix(k.removeprefix("roberta."), _HF_EMBEDDINGS)
-        elif k.startswith("roberta.encoder.layer."):
-            i, rest = k.removeprefix("roberta.encoder.layer.").split(".", 1)
-            if rest.startswith("attention.self."):  # attention.self.{query,key,value}.{weight,bias}
-                which, param = rest.removeprefix("attention.self.").split(".")
-                qkv.setdefault((i, param), {})[which] = v
-                continue
-            k = f"encoder.blocks.{i}." + _rename_prefix(rest, _HF_BLOCK)
-        out[k] = v  # lm_head.* and classifier.* keep their names
-    for (i, param), parts in qkv.items():
-        out[f"encoder.blocks.{i}.attn.qkv.{param}"] = torch.cat([parts[n] for n in _QKV], dim=0)
-    return out
-
-
-def ours_to_hf_roberta(state_dict):
-    """Our MaskedLM (or SequenceClassifier) state dict -> HF RobertaFor{MaskedLM,SequenceClassification}.
-    Writes the tied lm_head.decoder.{weight,bias} too, so HF's load_state_dict(strict=True) passes."""
-    inv_embeddings = {b: a for a, b in _HF_EMBEDDINGS.items()}
-    inv_block = {b: a for a, b in _HF_BLOCK.items()}
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith("encoder.blocks."):
-            i, rest = k.removeprefix("encoder.blocks.").split(".", 1)
-            if rest.startswith("attn.qkv."):  # split (3C, ...) back into query, key, value
-                param = rest.removeprefix("attn.qkv.")
-                for name, part in zip(_QKV, v.chunk(3, dim=0)):
-                    out[f"roberta.encoder.layer.{i}.attention.self.{name}.{param}"] = part
-                continue
-            k = f"roberta.encoder.layer.{i}." + _rename_prefix(rest, inv_block)
-        elif k.startswith("encoder."):
-            k = "roberta." + _rename_prefix(k.removeprefix("encoder."), inv_embeddings)
-        out[k] = v
-    if "lm_head.bias" in out:
-        out["lm_head.decoder.weight"] = out["roberta.embeddings.word_embeddings.weight"]
-        out["lm_head.decoder.bias"] = out["lm_head.bias"]
-    return out

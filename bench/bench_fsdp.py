@@ -32,7 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from benchlib import format_table, gpu_peak_tflops, load_script, load_str, machine_info, row, write_rows  # noqa: E402
-from common import Dist, load_config, setup_distributed, teardown_distributed  # noqa: E402
+from shelf.config import load_config  # noqa: E402
+from shelf.distributed import World, setup_distributed, teardown_distributed  # noqa: E402
 from model import MaskedLM, flops_per_token  # noqa: E402
 
 CHAR_SPECIALS, MASK_ID = [0, 1, 2, 3, 4, 9, 10, 11, 12, 13, 14, 15], 1  # all but A G C T (ids 5-8)
@@ -56,7 +57,7 @@ def parse_args(argv=None):
     return args
 
 
-class AlwaysSharded(Dist):
+class AlwaysSharded(World):
     """03 shards only when world_size > 1 (sharding over one GPU saves nothing in training); the bench
     wants the FSDP2 code path itself, so it says "distributed" on a 1-process mesh too."""
 
@@ -143,7 +144,7 @@ def main(argv=None):
         mem = torch.cuda.max_memory_allocated() / 2**30
         rows = [row(5, what, f"peak {peak:,.0f} TFLOP/s" if peak else "peak unknown",
                     f"{tok_s:,.0f} tok/s/GPU, {fpt * tok_s / 1e12:,.0f} TFLOP/s", mfu, TARGET,
-                    f"{torch.cuda.get_device_name(0)} x{d.world_size}; {params / 1e9:.2f} B params; "
+                    f"{torch.cuda.get_device_name(0)} x{d.size}; {params / 1e9:.2f} B params; "
                     f"peak mem {mem:,.1f} GiB; median of {args.steps} steps"
                     + ("" if peak else "; MFU not computed: unknown GPU peak (--peak-tflops)"))]
     if d.is_main:

@@ -8,7 +8,7 @@ any streaming parser of a gzip FASTA sits on), and peak memory at two genome siz
 Each genome is synthetic but shaped like an assembly: 60-column lines, a record per 50 Mbp, ~50%
 soft-masked (lower-case) stretches, N runs, compressed with `gzip -1`. Timings are wall-clock seconds,
 best of --repeats, taken alternately, so the ratio compares like with like on a shared machine. "01 s"
-is the whole command (its fixed start-up, mostly importing torch through common.py, included); "01
+is the whole command (its fixed start-up, mostly importing torch through model.py, included); "01
 parse s" is its streaming loop alone, as 01 itself reports it in stats.json ("seconds").
 Prints a table and writes bench/results/preprocess.csv.
 """
@@ -76,7 +76,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_preprocess_") as tmp:
         tmp = Path(tmp)
-        # startup alone (imports: common.py pulls in torch): 01 on a one-record file
+        # startup alone (imports: shelf/config.py pulls in torch through model.py): 01 on a one-record file
         tiny = tmp / "tiny.fa"
         tiny.write_text(">t\n" + "ACGT" * 300 + "\n")
         startup, startup_cpu, startup_rss = timed([sys.executable, "01_preprocess.py",

@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from benchlib import (format_table, gpu_peak_tflops, interleaved_times, load_script, load_str,  # noqa: E402
                       machine_info, paired_ratio, row, write_rows)
-from common import Dist, load_config  # noqa: E402
+from shelf.config import load_config  # noqa: E402
+from shelf.distributed import World  # noqa: E402
 from model import MaskedLM, flops_per_token  # noqa: E402
 
 SPECIALS, MASK_ID = [0, 1, 2, 3, 4], 4  # bpe: <s> <pad> </s> <unk> <mask>
@@ -76,7 +77,7 @@ class Setup:
         cfg, _ = load_config(["--config", str(ROOT / "configs" / "tinydnabert.toml"), f"--run.device={device}",
                               f"--pretrain.compile={'true' if compile else 'false'}", *overrides])
         self.cfg, pc = cfg, cfg.pretrain
-        self.d = Dist(device=device)
+        self.d = World(device=device)
         self.bf16 = device == "cuda" or pc.precision == "bf16"
         torch.manual_seed(cfg.run.seed)
         self.model = self.pretrain.parallelize(MaskedLM(cfg.model), cfg, self.d, self.bf16, cfg.run.seed)

@@ -61,7 +61,7 @@ print("RESULT " + json.dumps(out))
 
 
 def real_dna_runs() -> list[str]:
-    from common import read_fasta
+    from shelf.fasta import read_fasta
 
     seq = "".join(r.sequence for r in read_fasta(GENOME)).upper()
     return re.findall("[ACGT]{256,}", seq)

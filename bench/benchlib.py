@@ -20,9 +20,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # common.py, model.py; conftest.py
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # model.py, shelf/; conftest.py
 import conftest  # noqa: E402
-from common import atomic_open  # noqa: E402
+from shelf.files import atomic_write  # noqa: E402
 
 ROW_FIELDS = ("figure", "what", "baseline", "ours", "ratio", "target", "met", "note")
 
@@ -123,7 +123,7 @@ def write_rows(name, rows, meta=None, path=None):
     fields = list(ROW_FIELDS) + sorted({k for r in rows for k in r} - set(ROW_FIELDS))
     path = Path(path) if path else RESULTS / f"{name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "w") as f:
+    with atomic_write(path, "w") as f:
         if meta:  # comment lines before the header: date, machine, load
             for k, v in meta.items():
                 f.write(f"# {k}: {v}\n")

@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import read_fasta  # noqa: E402
+from shelf.fasta import read_fasta  # noqa: E402
 
 
 def kmer_counts(seqs: list[str], k: int) -> np.ndarray:

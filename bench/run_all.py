@@ -213,9 +213,10 @@ def main(argv=None):
               f"ratio = ours / baseline measured in the same run (times: lower is better)")
     table = format_table(rows)
     print(f"\n{header}\n\n{table}")
-    from common import atomic_write_text
+    from shelf.files import atomic_write
 
-    atomic_write_text(RESULTS / "summary.md", f"# Benchmarks\n\n{header}\n\n{table}\n")
+    with atomic_write(RESULTS / "summary.md") as f:
+        f.write(f"# Benchmarks\n\n{header}\n\n{table}\n")
     write_rows("summary", rows, {"date": date, "machine": machine, "load": f"{load_start} | {load_end}",
                                  "mode": "full" if args.full else "quick"}, RESULTS / "summary.csv")
     print(f"\nwrote {RESULTS / 'summary.md'} and {RESULTS / 'summary.csv'}")

@@ -1,4 +1,4 @@
-"""The shared module: config loading and errors, atomic writes, FASTA reading."""
+"""The shelf: config loading and errors, atomic writes, FASTA reading."""
 
 import gzip
 import random
@@ -8,8 +8,10 @@ import textwrap
 
 import pytest
 
-from common import (DEFAULT_CONFIG, Config, ConfigError, UserError, atomic_open,
-                    atomic_write_text, config_to_toml, load_config, read_fasta, save_config)
+from shelf.config import DEFAULT_CONFIG, Config, config_to_toml, load_config, save_config
+from shelf.errors import ConfigError, UserError
+from shelf.fasta import read_fasta
+from shelf.files import atomic_write
 from conftest import ROOT
 from model import MaskedLM
 
@@ -93,7 +95,8 @@ def test_config_error_from_a_script_is_one_line_exit_2(tmp_path):
     script = tmp_path / "s.py"
     script.write_text(textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(ROOT)!r})
-        from common import load_config, run_main
+        from shelf.config import load_config
+        from shelf.errors import run_main
         run_main(lambda: load_config())
     """))
     r = subprocess.run([sys.executable, str(script), "--model.num_layerz=3"], capture_output=True, text=True)
@@ -111,14 +114,15 @@ def test_config_model_builds(tmp_path):
 
 def test_atomic_writes_never_leave_half_a_file(tmp_path):
     target = tmp_path / "sub" / "out.txt"
-    atomic_write_text(target, "old\n")
+    with atomic_write(target) as f:
+        f.write("old\n")
     with pytest.raises(RuntimeError):
-        with atomic_open(target, "w") as f:
+        with atomic_write(target, "w") as f:
             f.write("new, half-written")
             raise RuntimeError("crash mid-write")
     assert target.read_text() == "old\n"
     assert [p.name for p in target.parent.iterdir()] == ["out.txt"]  # no temp file left behind
-    with atomic_open(target, "w") as f:
+    with atomic_write(target, "w") as f:
         f.write("new\n")
     assert target.read_text() == "new\n"
     assert target.stat().st_mode & 0o644 == 0o644  # readable by others, like a plain open(), not mkstemp's 0600

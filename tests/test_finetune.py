@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import UserError
+from shelf.errors import UserError
+from shelf.results import REFERENCE_CSV
 from conftest import ROOT, load_script, run_script
 from model import MaskedLM, ModelConfig
 
@@ -132,9 +133,10 @@ def test_bad_task_file_exits_1_with_one_line(tmp_path):
 
 
 def test_demo_tasks_are_deterministic_and_match_the_table(tmp_path):
-    ft.make_demo_tasks(tmp_path / "a", seed=1337)
-    ft.make_demo_tasks(tmp_path / "b", seed=1337)
     info = ft.task_table("demo")
+    sizes = {t: (i.train, i.test) for t, i in info.items()}
+    ft.make_demo_tasks(tmp_path / "a", seed=1337, sizes=sizes)
+    ft.make_demo_tasks(tmp_path / "b", seed=1337, sizes=sizes)
     assert set(info) == {"promoter_synth", "splice_synth"}
     for task, ti in info.items():
         for split in ("train", "test"):
@@ -145,7 +147,7 @@ def test_demo_tasks_are_deterministic_and_match_the_table(tmp_path):
 
 
 def test_reference_table_is_shipped_with_its_means():
-    ref = ft.read_commented_csv(ft.REFERENCE_CSV)
+    ref = ft.read_commented_csv(REFERENCE_CSV)
     revised = ft.task_table("revised")
     assert [r["task"] for r in ref] == list(revised) and len(ref) == 18
     for col, published in (("nt_sota", 0.685), ("tinydnabert_scratch", 0.511), ("tinydnabert", 0.612)):

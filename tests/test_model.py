@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from model import (
-    MaskedLM, ModelConfig, SequenceClassifier, apply_rope, flops_per_token, hf_roberta_to_ours,
-    num_parameters, ours_to_hf_roberta, rope_cos_sin,
+    MaskedLM, ModelConfig, SequenceClassifier, apply_rope, flops_per_token, num_parameters, rope_cos_sin,
 )
+from shelf.hf_roberta import hf_roberta_to_ours, ours_to_hf_roberta
 
 TINY = ModelConfig()  # tinydnabert: the defaults
 AGRONT_1B = ModelConfig(vocab_size=4104, pad_token_id=0, hidden_size=1500, num_layers=40, num_heads=20,

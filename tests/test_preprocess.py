@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from common import run_main
+import shelf.fasta
+from shelf.errors import run_main
 from conftest import ROOT, load_script, run_script
 
 pp = load_script("01_preprocess.py")
@@ -140,7 +141,7 @@ def test_segments_follow_the_rule_whatever_the_chunk_size_or_compression(tmp_pat
     # the same bytes for tiny chunks (every boundary case), other line widths, CRLF, bgzip-style gzip
     for chunk, path in [(1, plain), (7, plain), (64, write_fasta(tmp_path / "g80.fa", records, width=80, eol="\r\n")),
                         (4096, write_fasta(tmp_path / "g.fa.gz", records, width=1000, members=3))]:
-        monkeypatch.setattr(pp, "CHUNK", chunk)
+        monkeypatch.setattr(shelf.fasta, "CHUNK", chunk)
         run01(monkeypatch, tmp_path / f"c{chunk}", f"--preprocess.sources=['{path}']", *args)
         assert segments(tmp_path / f"c{chunk}") == ref, f"chunk size {chunk}, {path.name}"
 
@@ -340,7 +341,7 @@ def test_download_cut_half_way_is_resumed_with_range(tmp_path, monkeypatch, http
 
 
 def test_download_resumes_a_part_file_left_by_a_killed_run(tmp_path, http_server):
-    from common import download
+    from shelf.files import download
 
     url, data, digest = served_genome(http_server, md5_file=False)
     dest = tmp_path / "dl" / "genome.fa.gz"

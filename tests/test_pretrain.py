@@ -18,7 +18,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, processors, trainers
 
-from common import file_hash
+from shelf.files import file_hash
 from conftest import ROOT, load_script, run_script
 from model import MaskedLM, ModelConfig
 
@@ -175,7 +175,7 @@ def test_block_stream_epochs_are_permutations_and_position_resumes(tmp_path):
 
 
 def test_lr_is_linear_warmup_then_linear_decay():
-    from common import PretrainConfig
+    from shelf.config import PretrainConfig
     pc = PretrainConfig(lr=1e-3, min_lr=1e-5, warmup_steps=10, max_steps=110)
     lrs = [pretrain.lr_at(s, pc) for s in range(110)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3) and lrs[10] == pytest.approx(1e-3)
@@ -186,7 +186,7 @@ def test_lr_is_linear_warmup_then_linear_decay():
 
 def test_no_weight_decay_on_biases_and_norms():
     cfg = ModelConfig(vocab_size=16, hidden_size=32, num_layers=1, num_heads=2, ffn_size=64, max_seq_len=16)
-    from common import PretrainConfig
+    from shelf.config import PretrainConfig
     opt = pretrain.configure_optimizer(MaskedLM(cfg), PretrainConfig(weight_decay=0.1), torch.device("cpu"))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -197,7 +197,7 @@ def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=48, hidden_size=64, num_layers=2, num_heads=4, ffn_size=128, max_seq_len=32,
                       dropout=0.0, attention_dropout=0.0)
-    from common import PretrainConfig
+    from shelf.config import PretrainConfig
     net = MaskedLM(cfg)
     opt = pretrain.configure_optimizer(net, PretrainConfig(lr=3e-3, weight_decay=0.0), torch.device("cpu"))
     masker = pretrain.Masker(48, 48, [0, 1, 2, 3, 4], 4, 0.3, torch.device("cpu"))
@@ -326,12 +326,13 @@ def test_exact_resume_ddp(tokens_dir, tmp_path):
 
 
 def test_interrupted_checkpoint_write_leaves_previous_loadable(tmp_path, monkeypatch):
-    from common import Dist
+    from shelf.distributed import World
+    import shelf.checkpoint
     cfg = ModelConfig(vocab_size=16, hidden_size=32, num_layers=1, num_heads=2, ffn_size=64, max_seq_len=16)
     net = MaskedLM(cfg)
-    from common import PretrainConfig
+    from shelf.config import PretrainConfig
     opt = pretrain.configure_optimizer(net, PretrainConfig(), torch.device("cpu"))
-    d, ckpt = Dist(), tmp_path / "checkpoints"
+    d, ckpt = World(), tmp_path / "checkpoints"
     extra = {"step": 2, "data": {"epoch": 0, "index": 8}, "config": {}, "world_size": 1}
     pretrain.save_checkpoint(ckpt, 2, net, opt, extra, d, sharded=False, keep=3)
     saved = {k: v.clone() for k, v in net.state_dict().items()}
@@ -339,7 +340,7 @@ def test_interrupted_checkpoint_write_leaves_previous_loadable(tmp_path, monkeyp
     def crash(obj, path):  # the process dies half-way through writing state.pt
         Path(path).write_bytes(b"PK\x03\x04 half a zip file")
         raise KeyboardInterrupt
-    monkeypatch.setattr(pretrain, "atomic_torch_save", crash)
+    monkeypatch.setattr(shelf.checkpoint, "atomic_torch_save", crash)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(1.0)

@@ -1,4 +1,4 @@
-"""02_train_tokenizer.py and common.load_tokenizer / read_token_meta."""
+"""02_train_tokenizer.py and shelf.tokens.load_tokenizer / read_token_meta."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, processors
 
-from common import UserError, load_tokenizer, read_fasta, read_token_meta
+from shelf.errors import UserError
+from shelf.fasta import read_fasta
+from shelf.tokens import load_tokenizer, read_token_meta
 from conftest import ROOT, load_script, run_script
 from model import ModelConfig
 

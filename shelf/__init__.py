@@ -1,0 +1,16 @@
+"""
+The shelf: machinery the numbered scripts use and a reader may skip. Each file has one job.
+
+    errors.py        UserError and run_main: one line on stderr, a non-zero exit, no traceback
+    config.py        the config sections, --config FILE + --section.key=value, the resolved config.toml
+    files.py         atomic writes, file hashes, resumable verified downloads
+    fasta.py         the one FASTA reader (streaming, plain or gzip)
+    tokens.py        loading tokenizer.json and tokens/meta.json, special-token ids by role
+    distributed.py   torchrun set-up, DDP / FSDP2 wrapping, activation checkpointing, compile
+    checkpoint.py    pretraining checkpoints: atomic, resumable bit-exactly, FSDP-aware
+    dry_run.py       03's --dry-run: memory per GPU and run time from the config alone
+    plots.py         every PNG the pipeline draws
+    results.py       04's results.csv / results.md, beside the published figures
+    demo_data.py     the synthetic demo genome (01) and demo tasks (04)
+    hf_roberta.py    Hugging Face RoBERTa <-> model.py weight names (tests, export)
+"""

@@ -1,0 +1,335 @@
+"""
+Configs: one dataclass per TOML section, read from `--config FILE` plus `--section.key=value` overrides.
+
+Each section checks its own values in __post_init__, once, wherever it is built; unknown keys and
+wrong types are a ConfigError (exit 2) that names the key and lists the valid ones. The defaults are
+the tinydnabert preset, so a key a preset leaves out means "as in TinyDNABERT". save_config() writes
+the resolved config as TOML beside an output; it loads back with --config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model import ModelConfig
+from shelf.errors import ConfigError
+from shelf.files import atomic_write
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "tinydnabert.toml"
+PRECISIONS = ("auto", "fp32", "bf16")  # "auto": bf16 autocast on CUDA, fp32 on CPU
+
+
+def checker(section: str, values):
+    """check(key, ok, expected) raises ValueError('section.key = value: expected') unless ok."""
+    def check(key: str, ok: bool, expected: str) -> None:
+        if not ok:
+            raise ValueError(f"{section}.{key} = {getattr(values, key)!r}: {expected}")
+    return check
+
+
+@dataclass
+class RunConfig:
+    name: str = "tinydnabert"
+    out_dir: str = "out/tinydnabert"  # every script reads and writes inside this folder
+    seed: int = 1337  # every random choice of every script derives from this
+    device: str = "auto"  # "auto" (cuda if available, else cpu) | "cpu" | "cuda" | "cuda:N"
+
+    def __post_init__(self):
+        checker("run", self)("device", self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                             "expected 'auto', 'cpu' or 'cuda'")
+
+
+@dataclass
+class PreprocessConfig:
+    # FASTA sources: local paths or https URLs, plain or gzip; the GRCh38.p14 assembly from NCBI
+    sources: list[str] = field(default_factory=lambda: [
+        "https://ftp.ncbi.nlm.nih.gov/genomes/all/GCF/000/001/405/GCF_000001405.40_GRCh38.p14/"
+        "GCF_000001405.40_GRCh38.p14_genomic.fna.gz"
+    ])
+    md5: list[str] = field(default_factory=list)  # one per source; empty = NCBI's md5checksums.txt beside the URL
+    manifest: str = ""  # a file listing many genomes (1B/7B presets); split train/val/test by genome
+    download_dir: str = "data/downloads"  # shared cache: a verified download is never fetched twice
+    min_len: int = 256  # segment lengths are drawn uniformly from [min_len, max_len], both inclusive
+    max_len: int = 1024
+    val_fraction: float = 0.01  # seeded random share of segments held out for validation
+    val_genomes: float = 0.0  # with a manifest: share of genomes held out for validation
+    test_genomes: float = 0.0  # with a manifest: share of genomes held out for test
+
+    def __post_init__(self):
+        check = checker("preprocess", self)
+        check("min_len", 1 <= self.min_len <= self.max_len, f"need 1 <= min_len <= max_len = {self.max_len}")
+        for key in ("val_fraction", "val_genomes", "test_genomes"):
+            check(key, 0.0 <= getattr(self, key) < 1.0, "must be in [0, 1)")
+        check("md5", not self.md5 or len(self.md5) == len(self.sources),
+              f"give one per source ({len(self.sources)}; \"\" = look it up beside the URL) or none")
+        check("sources", bool(self.sources) != bool(self.manifest),
+              "set sources or preprocess.manifest, not both and not neither "
+              "(e.g. --preprocess.sources=[] to use the manifest)")
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "bpe"  # "bpe" (tinydnabert) | "kmer" (agront_1b) | "char" (dnafm_7b)
+    vocab_size: int = 1024  # bpe only: total vocabulary, special tokens included
+    min_frequency: int = 4  # bpe only
+    sample_fraction: float = 0.1  # bpe only: seeded uniform sample of train segments to train on
+    # bpe only: cap on that sample in Mbp, 0 = none. BPE training holds ~50 B per sampled bp (measured,
+    # bench/bench_tokenizer.py): GRCh38's 1/10 sample (~310 Mbp) needs ~15 GiB; set e.g. 100 on smaller machines
+    max_train_mbp: float = 0.0
+    k: int = 6  # kmer only
+    encode_batch_size: int = 1024  # segments per encode_batch call while writing token files
+
+    def __post_init__(self):
+        check = checker("tokenizer", self)
+        check("kind", self.kind in ("bpe", "kmer", "char"), "expected one of bpe, kmer, char")
+        check("vocab_size", 0 < self.vocab_size <= 2**16, "expected 1..65536 (token ids are uint16)")
+        check("min_frequency", self.min_frequency >= 0, "must be >= 0")
+        check("sample_fraction", 0 < self.sample_fraction <= 1, "expected (0, 1]")
+        check("max_train_mbp", self.max_train_mbp >= 0, "must be >= 0 (0 = no cap)")
+        check("k", 1 <= self.k <= 7, "expected 1..7 (4^8 k-mers would not fit uint16 token ids)")
+        check("encode_batch_size", self.encode_batch_size >= 1, "must be at least 1")
+
+
+@dataclass
+class PretrainConfig:
+    parallel: str = "ddp"  # under torchrun: "ddp" | "fsdp" (FSDP2 fully_shard); ignored in one process
+    seq_len: int = 512  # tokens per packed block
+    batch_size: int = 128  # sequences per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 200_000
+    warmup_steps: int = 20_000  # linear warm-up, then linear decay to min_lr at max_steps
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    weight_decay: float = 1e-5  # not applied to biases and norms
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    mask_prob: float = 0.15  # of non-special tokens; 80% <mask> / 10% random / 10% kept
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    meta_init: bool = False  # build on the meta device, then to_empty + init_weights (big presets)
+    log_interval: int = 10
+    eval_interval: int = 1000
+    eval_batches: int = 20  # fixed validation subset: this many batches
+    ckpt_interval: int = 5000
+    keep_checkpoints: int = 3
+    gpu_peak_tflops: float = 0.0  # for MFU; 0 = look the GPU up (H100 bf16 dense: 989)
+    stop_at: int = 0  # end this run after this step, checkpointed (0 = max_steps); the lr schedule still
+    #                   runs to max_steps, so `--resume` continues as if never stopped (time-limited jobs)
+    dry_run_gpus: int = 2  # --dry-run plans for this many GPUs (the preset's intended count); WORLD_SIZE wins
+    dry_run_gpu: str = "H100"  # --dry-run: the GPU to plan for: "H100", "H200", "A100", "RTX 4090"
+    dry_run_mfu: float = 0.4  # --dry-run: the model-FLOPs utilisation the time estimate assumes
+
+    def __post_init__(self):
+        check = checker("pretrain", self)
+        check("parallel", self.parallel in ("ddp", "fsdp"), "expected 'ddp' or 'fsdp'")
+        check("precision", self.precision in PRECISIONS, "expected 'auto', 'fp32' or 'bf16'")
+        for key in ("seq_len", "batch_size", "grad_accum", "max_steps", "log_interval", "eval_interval",
+                    "eval_batches", "ckpt_interval", "keep_checkpoints", "dry_run_gpus"):
+            check(key, getattr(self, key) >= 1, "must be at least 1")
+        check("mask_prob", 0 < self.mask_prob < 1, "must be in (0, 1)")
+        check_recipe(check, self)
+
+
+@dataclass
+class FinetuneConfig:
+    # "revised" (18 tasks, TinyDNABERT's table) | "original" (the first 18) | "demo" (synthetic tasks 04
+    # generates itself) | "local" (your own folders <data_dir>/<task>/{train,test}.fna, never downloaded)
+    benchmark: str = "revised"
+    base_url: str = "https://huggingface.co/datasets/InstaDeepAI"  # + /<repo>/resolve/<revision>/<task>/<split>.fna
+    revision: str = ""  # hub revision; "" = the benchmark's pinned default (BENCHMARKS in 04_finetune_nt.py)
+    data_dir: str = "data/nt_benchmark"  # task files live in <data_dir>/<benchmark>/<task>/ ("local": <data_dir>/<task>/)
+    pretrained: str = ""  # MaskedLM state_dict for init "pretrained"; "" = <run.out_dir>/final/model.pt
+    tasks: list[str] = field(default_factory=list)  # empty = every task of the benchmark
+    inits: list[str] = field(default_factory=lambda: ["pretrained", "scratch"])
+    num_seeds: int = 3  # runs per (task, init); each seed also draws its own validation split
+    batch_size: int = 64
+    max_steps: int = 5000
+    warmup_steps: int = 500  # linear warm-up, then linear decay to 0 at max_steps
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    weight_decay: float = 1e-5  # AdamW, not on biases and norms
+    beta1: float = 0.9  # AdamW betas and eps: Hugging Face Trainer's defaults, which TinyDNABERT used
+    beta2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # as Hugging Face Trainer's default max_grad_norm, which TinyDNABERT used
+    eval_interval: int = 200  # validation MCC every this many steps (and at the last); the best weights are kept
+    val_fraction: float = 0.1  # stratified, seeded split of train
+    classifier_dropout: float = 0.1
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
+
+    def __post_init__(self):
+        check = checker("finetune", self)
+        check("benchmark", self.benchmark in ("revised", "original", "demo", "local"),
+              "expected revised, original, demo or local")
+        check("inits", bool(self.inits) and set(self.inits) <= {"pretrained", "scratch"},
+              "expected a non-empty list of pretrained, scratch")
+        for key in ("num_seeds", "batch_size", "max_steps", "eval_interval"):
+            check(key, getattr(self, key) >= 1, "must be at least 1")
+        check("val_fraction", 0 < self.val_fraction < 1, "must be in (0, 1)")
+        check("classifier_dropout", 0 <= self.classifier_dropout < 1, "must be in [0, 1)")
+        check("precision", self.precision in PRECISIONS, "expected 'auto', 'fp32' or 'bf16'")
+        check_recipe(check, self)
+
+
+def check_recipe(check, c) -> None:
+    """The optimizer keys [pretrain] and [finetune] share (a NaN fails every one of these)."""
+    check("lr", c.lr > 0, "must be positive")
+    check("warmup_steps", c.warmup_steps >= 0, "must be >= 0 (a warm-up longer than max_steps never decays)")
+    check("min_lr", 0 <= c.min_lr <= c.lr, "must be in [0, lr]")
+    check("weight_decay", c.weight_decay >= 0, "must be >= 0")
+    check("beta1", 0 <= c.beta1 < 1, "must be in [0, 1)")
+    check("beta2", 0 <= c.beta2 < 1, "must be in [0, 1)")
+    check("eps", c.eps > 0, "must be positive")
+    check("grad_clip", c.grad_clip >= 0, "must be >= 0 (0 = no clipping)")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run.out_dir)
+
+
+# -----------------------------------------------------------------------------
+# reading: TOML file, then command-line overrides, each value type-checked against its field
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def field_types(section: str) -> dict:
+    return typing.get_type_hints(SECTIONS[section])
+
+
+def coerce(value, tp, where: str):
+    """`value` as parsed from TOML, checked against a field type: int is accepted where a float is due."""
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {item.__name__}, got {value!r}")
+        return [coerce(v, item, where) for v in value]
+    ok = isinstance(value, (int, float) if tp is float else tp) and (tp is bool or not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{where}: expected {EXPECTED[tp]}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def set_value(values: dict, section: str, key: str, value, source: str) -> None:
+    if section not in SECTIONS:
+        raise ConfigError(f"{source}: unknown section [{section}]; valid sections: {', '.join(SECTIONS)}")
+    types = field_types(section)
+    if key not in types:
+        raise ConfigError(f"{source}: unknown key '{section}.{key}'; valid keys of [{section}]: {', '.join(types)}")
+    where = source if source.startswith("--") else f"{source}: {section}.{key}"
+    values[section][key] = coerce(value, types[key], where)
+
+
+def parse_cli_value(text: str):
+    """`--a.b=3` -> 3, `=[x,y]` -> ['x','y'], `=true` -> True, `=out/run` -> 'out/run' (quotes optional)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    if text.startswith("[") and text.endswith("]"):  # a list of bare words: [promoter_all, enhancers]
+        inner = text[1:-1].strip()
+        return [parse_cli_value(item.strip()) for item in inner.split(",")] if inner else []
+    return text
+
+
+def parse_argv(argv: list[str], flags: tuple[str, ...]) -> tuple[Path, list[tuple[str, str]], set[str]]:
+    """-> (config file, [(section.key, text)], the script's flags given)."""
+    config_path, overrides, given = DEFAULT_CONFIG, [], set()
+    usage = f"usage: --config FILE, --section.key=value{''.join(', ' + f for f in flags)}"
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-h", "--help"):
+            print(usage + "\nsections and keys:")
+            for section in SECTIONS:
+                print(f"  [{section}] " + ", ".join(field_types(section)))
+            sys.exit(0)
+        if arg in flags:
+            given.add(arg)
+        elif arg == "--config" or arg.startswith("--config="):
+            name = arg.partition("=")[2] or next(args, None)
+            if not name:
+                raise ConfigError("--config needs a file name")
+            config_path = Path(name)
+        elif arg.startswith("--") and "=" in arg and "." in arg.split("=", 1)[0]:
+            key, value = arg[2:].split("=", 1)
+            overrides.append((key, value))
+        else:
+            raise ConfigError(f"unknown argument '{arg}'; {usage}")
+    return config_path, overrides, given
+
+
+def load_config(argv: list[str] | None = None, flags: tuple[str, ...] = ()) -> tuple[Config, set[str]]:
+    """Parse `--config FILE`, `--section.key=value` overrides and the script's own boolean `flags`.
+
+    Returns the resolved Config and the set of flags given (e.g. {"--resume"}). Without --config the
+    tinydnabert preset is used, so `python 01_preprocess.py` runs the reference reproduction.
+    """
+    path, overrides, given = parse_argv(sys.argv[1:] if argv is None else list(argv), flags)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found")
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})")
+    values = {section: {} for section in SECTIONS}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: '{section}' must be a [section] table, got {table!r}")
+        for key, value in table.items():
+            set_value(values, section, key, value, str(path))
+    for dotted, text in overrides:
+        section, _, key = dotted.partition(".")
+        set_value(values, section, key, parse_cli_value(text), f"--{dotted}")
+    try:  # each section checks its values as it is built (__post_init__)
+        return Config(**{name: make(**values[name]) for name, make in SECTIONS.items()}), given
+    except ValueError as e:
+        raise ConfigError(f"{path}{' + command line' if overrides else ''}: {e}")
+
+
+# -----------------------------------------------------------------------------
+# writing: the resolved config, every key, as TOML
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(v) if isinstance(v, str) else repr(v)  # a JSON string is a valid TOML string
+
+
+def config_to_toml(cfg: Config) -> str:
+    lines = ["# resolved config: every key, after the preset and command-line overrides"]
+    for section in SECTIONS:
+        lines.append(f"\n[{section}]")
+        lines += [f"{key} = {toml_value(v)}" for key, v in dataclasses.asdict(getattr(cfg, section)).items()]
+    return "\n".join(lines) + "\n"
+
+
+def save_config(cfg: Config, directory: str | Path, name: str = "config.toml") -> Path:
+    """Write the resolved config beside an output; it loads back with `--config`."""
+    path = Path(directory) / name
+    with atomic_write(path) as f:
+        f.write(config_to_toml(cfg))
+    return path

@@ -1,0 +1,141 @@
+"""
+Files: written atomically, hashed, and downloaded resumably with a checksum.
+
+atomic_write: a temp file in the target's folder, fsync, then rename over the target. Rename is atomic
+on POSIX, so a reader (or a crash) sees the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from http.client import HTTPException
+from pathlib import Path
+
+from shelf.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w"):
+    """`with atomic_write(path, "w" or "wb") as f:` writes a temp file that replaces `path` on success
+    and is deleted on any error. The file gets the permissions a plain open() would (not mkstemp's 0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, obj) -> None:
+    with atomic_write(path) as f:
+        f.write(json.dumps(obj, indent=2) + "\n")
+
+
+def file_hash(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in blocks (tokenizer and data fingerprints: sha256; downloads: md5)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+# -----------------------------------------------------------------------------
+# downloads: resumable, retried, verified, cached (01 fetches genomes, 04 the NT benchmark)
+
+
+def is_verified(dest: str | Path, md5: str | None = None) -> bool:
+    """True when `dest` was verified by download() (its `<dest>.md5` sidecar is newer than the file)
+    and, if `md5` is given, was verified against that checksum."""
+    dest = Path(dest)
+    sidecar = dest.with_name(dest.name + ".md5")
+    if not (dest.is_file() and sidecar.is_file()) or sidecar.stat().st_mtime < dest.stat().st_mtime:
+        return False
+    recorded = sidecar.read_text().split()[:1]
+    return bool(recorded) and (md5 is None or recorded[0] == md5.lower())
+
+
+def download(url: str, dest: str | Path, md5: str | None = None, *, retries: int = 5, backoff_s: float = 1.0,
+             timeout_s: float = 60.0, quiet: bool = False) -> Path:
+    """Fetch `url` (http/https) to `dest` once; return `dest`.
+
+    - Streams into `<dest>.part` with a progress bar in bytes. An interrupted transfer (dropped
+      connection, killed process) resumes from the .part size with an HTTP `Range` request.
+    - Network errors, timeouts and HTTP 408/429/5xx are retried with back-off (backoff_s * 2^k seconds,
+      at most `retries` times in a row); a transfer that made progress is resumed at once.
+    - Checks the md5 when one is given (else only the length), renames into place and writes
+      `<dest>.md5` (md5sum format). A verified file is never downloaded again; a file that fails the
+      check is deleted, never used (UserError, exit 1).
+    """
+    from tqdm import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    md5 = md5.lower() if md5 else None
+    if is_verified(dest, md5):
+        return dest
+
+    def accept(path: Path) -> Path:
+        digest = file_hash(path, "md5")
+        if md5 is not None and digest != md5:
+            path.unlink()
+            raise UserError(f"{url}: md5 mismatch (expected {md5}, got {digest}); the file was deleted, not used")
+        os.replace(path, dest)
+        with atomic_write(dest.with_name(dest.name + ".md5")) as f:
+            f.write(f"{digest}  {dest.name}\n")
+        return dest
+
+    if dest.is_file() and md5 is not None and file_hash(dest, "md5") == md5:
+        return accept(dest)  # already here (copied in by hand, or verified before the sidecar existed)
+
+    failures = 0
+    while True:
+        have = part.stat().st_size if part.is_file() else 0
+        headers = {"User-Agent": "dna-lm-download/1.0", **({"Range": f"bytes={have}-"} if have else {})}
+        got = 0
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as r:
+                if have and (r.status != 206 or not r.headers.get("Content-Range", "").startswith(f"bytes {have}-")):
+                    have = 0  # the server ignored the Range request: start over
+                length = r.headers.get("Content-Length")
+                total = have + int(length) if length is not None else None
+                with open(part, "ab" if have else "wb") as f, tqdm(
+                        total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                        desc=dest.name, disable=True if quiet else None, leave=False) as bar:
+                    while block := r.read(1 << 20):
+                        f.write(block)
+                        got += len(block)
+                        bar.update(len(block))
+                if total is not None and have + got < total:
+                    raise ConnectionError(f"connection closed after {have + got:,} of {total:,} bytes")
+            return accept(part)
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have:  # Range not satisfiable: the .part is already complete
+                return accept(part)
+            if e.code not in (408, 429) and e.code < 500:
+                raise UserError(f"{url}: HTTP {e.code} {e.reason}")
+            error = f"HTTP {e.code} {e.reason}"
+        except (urllib.error.URLError, HTTPException, OSError) as e:
+            error = str(getattr(e, "reason", None) or e)
+        failures = 0 if got else failures + 1  # a transfer that made progress resumes immediately
+        if failures > retries:
+            raise UserError(f"{url}: download failed after {retries} retries ({error}); "
+                            f"re-run to resume from {part}")
+        if failures:
+            if not quiet:
+                print(f"{url}: {error}; retrying in {backoff_s * 2 ** (failures - 1):.0f} s", file=sys.stderr)
+            time.sleep(backoff_s * 2 ** (failures - 1))
