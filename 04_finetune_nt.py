@@ -1,19 +1,5 @@
 """
-Step 04: fine-tune on the Nucleotide Transformer (NT) benchmark and build the MCC table, by code.
-
-For every task, init ("pretrained" = 03's final/model.pt, "scratch" = same shape, seeded random init)
-and seed: a seeded stratified 90/10 train/validation split, fine-tuning with TinyDNABERT's recipe
-(batch 64, 5,000 steps, lr 1e-4, 500 warm-up steps then linear decay, weight decay 1e-5), validation
-MCC every 200 steps keeping the best weights, then the WHOLE official test split scored (no dropped
-batch). Outputs, inside the run directory:
-
-    finetune/<task>/<init>/seed-<k>/metrics.json   one per run, written atomically when the run ends
-    finetune/results.csv                           one row per run
-    finetune/results.md                            one row per task: ours (mean ± s.d.) beside the
-                                                   published TinyDNABERT and NT figures, + a mean row
-    finetune/mcc.png                               the same, as bars with error bars
-
-Finished runs (metrics.json with the same config hash) are skipped, so an interrupted run just restarts.
+Step 04: fine-tune on the Nucleotide Transformer (NT) benchmark and build the table of test MCC.
 
     python 04_finetune_nt.py --config configs/demo.toml               # synthetic demo tasks, CPU, minutes
     python 04_finetune_nt.py                                          # tinydnabert: 18 tasks x 2 inits x 3 seeds
@@ -21,19 +7,25 @@ Finished runs (metrics.json with the same config hash) are skipped, so an interr
     python 04_finetune_nt.py --finetune.benchmark=local --finetune.data_dir=my_tasks --finetune.inits=[scratch]
     python 04_finetune_nt.py --dry-run                                # fetch and check the data, print the plan
     torchrun --nproc_per_node=2 04_finetune_nt.py                     # the ranks share out the runs
+
+A run per task, init ("pretrained": 03's final/model.pt, or "scratch") and seed: TinyDNABERT's recipe on a
+stratified 90/10 train/validation split, the best validation-MCC weights scoring the WHOLE test split. Out:
+finetune/<task>/<init>/seed-<k>/metrics.json (finished runs are skipped), results.{csv,md}, mcc.png.
 """
 
 import hashlib
 import json
 import time
 import zlib
+from collections import namedtuple
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from model import SequenceClassifier, configure_optimizer, lr_at
@@ -46,69 +38,56 @@ from shelf.files import download, file_hash, write_json
 from shelf.results import read_commented_csv, write_results
 from shelf.tokens import load_tokenizer
 
-# Where each benchmark lives on the Hugging Face hub. The original repo is pinned to a commit we could
-# verify holds every task folder; for the revised repo no commit hash could be checked offline, so it
-# follows "main" until someone pins it with --finetune.revision=<40-hex commit> (printed in every run).
-BENCHMARKS = {
-    "revised": {"repo": "nucleotide_transformer_downstream_tasks_revised", "revision": "main"},
-    "original": {"repo": "nucleotide_transformer_downstream_tasks",
-                 "revision": "d11d8921f9255e5d657e69443865966e66de3b21"},
-}
+# hub repo, default revision ("revised" is unpinned: no commit could be checked offline; --finetune.revision)
+BENCHMARKS = {"revised": {"repo": "nucleotide_transformer_downstream_tasks_revised", "revision": "main"},
+              "original": {"repo": "nucleotide_transformer_downstream_tasks",
+                           "revision": "d11d8921f9255e5d657e69443865966e66de3b21"}}
 TASKS_CSV = PROJECT_ROOT / "configs" / "nt_tasks.csv"  # benchmark, task, display, train, test, classes, seq_len
-INITS = ("pretrained", "scratch")
 
-
-@dataclass
-class TaskInfo:
-    name: str  # folder name on the hub, e.g. promoter_all
-    display: str  # name in the published tables, e.g. Promoters
-    train: int | None  # published record counts (None = unknown: local tasks, the original benchmark)
-    test: int | None
-    classes: int | None  # None = read from the train labels (local tasks)
+# the name in published tables, record counts, classes; None = unknown (local tasks, original benchmark)
+TaskInfo = namedtuple("TaskInfo", "display train test classes")
 
 
 def task_table(benchmark: str) -> dict[str, TaskInfo]:
-    def num(s):
-        return int(s) if s else None
-
-    return {r["task"]: TaskInfo(r["task"], r["display"], num(r["train"]), num(r["test"]), num(r["classes"]))
+    num = lambda text: int(text) if text else None  # noqa: E731
+    return {r["task"]: TaskInfo(r["display"], num(r["train"]), num(r["test"]), num(r["classes"]))
             for r in read_commented_csv(TASKS_CSV) if r["benchmark"] == benchmark}
 
 
-# -----------------------------------------------------------------------------
-# demo tasks: NT-format files made here, deterministically, so the demo preset needs no download
-
-
-# -----------------------------------------------------------------------------
-# NT task files: FASTA, header `name|…|label`, the label is the integer after the last '|'
-
-
 def load_task_file(path: Path, num_classes: int | None = None) -> tuple[list[str], np.ndarray]:
-    """-> (upper-cased sequences, int64 labels). Any problem is a one-line UserError naming file:line."""
+    """NT FASTA, header `name|…|label`. -> (upper-cased sequences, int64 labels); errors name file:line."""
     if not path.is_file():
         raise UserError(f"{path}: task file not found")
     seqs, labels = [], []
     for rec in read_fasta(path):
-        where = f"{path}:{rec.line}"
+        where, header, text = f"{path}:{rec.line}", rec.header[:60], rec.header.rsplit("|", 1)[-1].strip()
         if "|" not in rec.header:
-            raise UserError(f"{where}: header {rec.header[:60]!r} has no '|label' at its end (expected name|…|label)")
-        text = rec.header.rsplit("|", 1)[1].strip()
+            raise UserError(f"{where}: header {header!r} has no '|label' at its end (expected name|…|label)")
         try:
-            label = int(text)
+            labels.append(int(text))
         except ValueError:
-            raise UserError(f"{where}: label {text!r} is not an integer (header {rec.header[:60]!r})")
-        if label < 0 or (num_classes is not None and label >= num_classes):
-            raise UserError(f"{where}: label {label} is outside the task's classes 0..{(num_classes or 1) - 1}")
+            raise UserError(f"{where}: label {text!r} is not an integer (header {header!r})")
+        if labels[-1] < 0 or (num_classes is not None and labels[-1] >= num_classes):
+            raise UserError(f"{where}: label {labels[-1]} is outside the task's classes 0..{(num_classes or 1) - 1}")
         if not rec.sequence:
-            raise UserError(f"{where}: record {rec.header[:60]!r} has an empty sequence")
-        seqs.append(rec.sequence.upper())  # NT files are upper case; the tokenizers are trained on upper case
-        labels.append(label)
+            raise UserError(f"{where}: record {header!r} has an empty sequence")
+        seqs.append(rec.sequence.upper())  # the tokenizers are trained on upper case
     if not seqs:
         raise UserError(f"{path}: no FASTA records (empty file?)")
     return seqs, np.array(labels, dtype=np.int64)
 
 
-def load_task(task_dir: Path, info: TaskInfo) -> dict:
+@dataclass
+class TaskData:
+    folder: Path
+    train_x: list  # the sequences, then (finetune_runs) their token ids
+    train_y: np.ndarray
+    test_x: list
+    test_y: np.ndarray
+    classes: int
+
+
+def load_task(task_dir: Path, info: TaskInfo) -> TaskData:
     """Both splits of one task, checked against each other and against the published counts."""
     train_x, train_y = load_task_file(task_dir / "train.fna", info.classes)
     classes = info.classes or int(train_y.max()) + 1  # local task: the train labels define the classes
@@ -119,76 +98,42 @@ def load_task(task_dir: Path, info: TaskInfo) -> dict:
         if expected is not None and n != expected:
             raise UserError(f"{task_dir / f'{split}.fna'}: {n:,} records, the benchmark has {expected:,} "
                             f"(truncated or wrong file? delete it to download again)")
-    return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y, "classes": classes}
-
-
-# -----------------------------------------------------------------------------
-# the hub: https://huggingface.co/datasets/InstaDeepAI/<repo>/resolve/<revision>/<task>/<split>.fna
+    return TaskData(task_dir, train_x, train_y, test_x, test_y, classes)
 
 
 def fetch_task(base_url: str, repo: str, revision: str, task: str, dest: Path) -> None:
-    """Download <task>/{train,test}.fna into dest unless there; resume, retries and the size check
-    are common.download's (a transfer that stops early resumes with a Range request)."""
-    for split in ("train", "test"):
-        path = dest / f"{split}.fna"
-        if not path.is_file():
-            download(f"{base_url.rstrip('/')}/{repo}/resolve/{revision}/{task}/{split}.fna", path)
-
-
-# -----------------------------------------------------------------------------
-# tokenisation, batching, metrics
+    """<task>/{train,test}.fna from the hub into dest, unless there (downloads resume and retry)."""
+    for split in ("train.fna", "test.fna"):
+        if not (dest / split).is_file():
+            download(f"{base_url.rstrip('/')}/{repo}/resolve/{revision}/{task}/{split}", dest / split)
 
 
 def encode(tok, seqs: list[str], max_len: int) -> tuple[list[list[int]], int]:
-    """Token ids with the tokenizer's own wrapping (<s> … </s>); sequences longer than the model's
-    max_seq_len keep their first max_len - 1 tokens + the closing token. -> (ids, number truncated)."""
-    ids, truncated = [], 0
-    for enc in tok.encode_batch(seqs):
-        x = enc.ids
-        if len(x) > max_len:
-            x, truncated = x[:max_len - 1] + x[-1:], truncated + 1
-        ids.append(x)
-    return ids, truncated
+    """Token ids with the tokenizer's <s> … </s>, too long: first max_len - 1 + last. -> (ids, n truncated)."""
+    ids = [enc.ids for enc in tok.encode_batch(seqs)]
+    return [x[:max_len - 1] + x[-1:] if len(x) > max_len else x for x in ids], sum(len(x) > max_len for x in ids)
 
 
 def collate(ids: list[list[int]], rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic padding: pad to the longest sequence of this batch only. -> input_ids, mask (B, T)."""
-    T = max(len(ids[i]) for i in rows)
-    x = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    for r, i in enumerate(rows):
-        x[r, :len(ids[i])] = torch.tensor(ids[i])
+    x = torch.full((len(rows), max(len(ids[i]) for i in rows)), pad_id, dtype=torch.long)
     mask = torch.zeros_like(x, dtype=torch.bool)
     for r, i in enumerate(rows):
-        mask[r, :len(ids[i])] = True
+        x[r, :len(ids[i])], mask[r, :len(ids[i])] = torch.tensor(ids[i]), True
     return x, mask
 
 
 @torch.no_grad()
-def predict(model, ids: list[list[int]], pad_id: int, batch_size: int, device: str, autocast) -> np.ndarray:
-    """Class predictions for EVERY sequence, in order: the last batch may be short, nothing is dropped."""
+def predict(model, ids: list[list[int]], pad_id: int, batch_size: int, device: str, amp: dict) -> np.ndarray:
+    """The predicted class of EVERY sequence, in order (the last batch may be short: nothing dropped)."""
     model.eval()
     preds = []
     for start in range(0, len(ids), batch_size):
         x, mask = collate(ids, range(start, min(start + batch_size, len(ids))), pad_id)
-        with autocast():
-            logits, _ = model(x.to(device), mask.to(device))
-        preds.append(logits.argmax(-1).cpu().numpy())
+        with torch.autocast(**amp):
+            preds.append(model(x.to(device), mask.to(device))[0].argmax(-1).cpu().numpy())
     model.train()
-    out = np.concatenate(preds)
-    assert len(out) == len(ids), (len(out), len(ids))
-    return out
-
-
-def scores(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> dict:
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-
-    return {
-        "mcc": float(matthews_corrcoef(y_true, y_pred)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        # binary: F1 of class 1 (the positive class of every binary NT task); multi-class: macro F1
-        "f1": float(f1_score(y_true, y_pred, average="binary" if classes == 2 else "macro",
-                             labels=None if classes == 2 else list(range(classes)), zero_division=0)),
-    }
+    return np.concatenate(preds)
 
 
 def run_seed(base_seed: int, task: str, k: int) -> int:
@@ -197,29 +142,85 @@ def run_seed(base_seed: int, task: str, k: int) -> int:
     return (base_seed * 1_000_003 + zlib.crc32(task.encode()) + 7919 * k) % (2**31 - 1)
 
 
-def main():
-    cfg, flags = load_config(flags=("--dry-run",))
-    ft = cfg.finetune
-    dist = setup_distributed(cfg.run.device)
-    rank, world = dist.rank, dist.size
+@dataclass
+class Run:
+    task: str
+    init: str  # "pretrained" | "scratch"
+    seed: int  # seed index k
+    config_hash: str  # of all that decides the result; metrics.json records it
+    dir: Path  # finetune/<task>/<init>/seed-<k>
 
-    def log(*a):  # every rank's own runs matter under torchrun: prefix the rank
-        print(*((f"[rank {rank}]",) if world > 1 else ()), *a, flush=True)
+    def is_done(self) -> bool:
+        try:
+            return json.loads((self.dir / "metrics.json").read_text()).get("config_hash") == self.config_hash
+        except (OSError, ValueError):
+            return False
 
-    # --- config checks
-    if ft.benchmark not in ("revised", "original", "demo", "local"):
-        raise UserError(f"finetune.benchmark = {ft.benchmark!r}: expected revised, original, demo or local", 2)
-    bad = [i for i in ft.inits if i not in INITS]
-    if bad or not ft.inits:
-        raise UserError(f"finetune.inits = {ft.inits}: expected a non-empty list of {', '.join(INITS)}", 2)
-    if ft.num_seeds < 1 or ft.batch_size < 1 or ft.max_steps < 1 or ft.eval_interval < 1:
-        raise UserError("finetune.num_seeds, batch_size, max_steps and eval_interval must be >= 1", 2)
-    if not 0 < ft.val_fraction < 1:
-        raise UserError(f"finetune.val_fraction = {ft.val_fraction}: must be in (0, 1)", 2)
-    if ft.precision not in ("auto", "fp32", "bf16"):
-        raise UserError(f"finetune.precision = {ft.precision!r}: expected auto, fp32 or bf16", 2)
 
-    # --- which tasks, where their files are
+def finetune_one(cfg, run: Run, data: TaskData, pad_id: int, weights, device: str, bar: str | None) -> dict:
+    """Fine-tune one run; its best validation weights score the test split. -> its metrics."""
+    ft, seed, t0 = cfg.finetune, run_seed(cfg.run.seed, run.task, run.seed), time.time()
+    bf16 = ft.precision == "bf16" or (ft.precision == "auto" and device.startswith("cuda"))
+    amp = {"device_type": device.split(":")[0], "dtype": torch.bfloat16, "enabled": bf16}  # torch.autocast's
+    try:  # seeded stratified train/validation split
+        train_rows, val_rows = train_test_split(np.arange(len(data.train_y)), test_size=ft.val_fraction,
+                                                random_state=seed, stratify=data.train_y)
+    except ValueError as e:
+        raise UserError(f"{data.folder / 'train.fna'}: cannot make a stratified validation split ({e})")
+    torch.manual_seed(seed)  # the same seed draws the same head (and, for scratch, the same encoder)
+    model = SequenceClassifier(cfg.model, data.classes, ft.classifier_dropout)
+    if run.init == "pretrained":
+        try:
+            model.load_encoder_from_mlm(weights)
+        except (RuntimeError, ValueError) as e:
+            raise UserError(f"pretrained weights do not fit the [model] config ({str(e).splitlines()[0][:200]})")
+    model.to(device)
+    optimizer = configure_optimizer(model, ft, device)  # AdamW, no decay on biases and norms (as 03)
+
+    rng = np.random.default_rng(seed)
+    stream, pos = rng.permutation(train_rows), 0  # an endless stream of seeded shuffles of the train rows
+    best_mcc, best_step, best_state, history, losses = -2.0, 0, None, [], []
+    steps = tqdm(range(ft.max_steps), desc=bar, disable=bar is None, leave=False, mininterval=2)
+    for step in steps:
+        if pos + ft.batch_size > len(stream):
+            stream, pos = np.concatenate([stream[pos:], rng.permutation(train_rows)]), 0
+        rows, pos = stream[pos:pos + ft.batch_size], pos + ft.batch_size
+        x, mask = collate(data.train_x, rows, pad_id)
+        y = torch.from_numpy(data.train_y[rows])
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, ft)
+        with torch.autocast(**amp):
+            _, loss = model(x.to(device), mask.to(device), labels=y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if ft.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), ft.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % ft.eval_interval == 0 or step + 1 == ft.max_steps:  # validation MCC; keep the best
+            val_pred = predict(model, [data.train_x[i] for i in val_rows], pad_id, 2 * ft.batch_size, device, amp)
+            val_mcc = float(matthews_corrcoef(data.train_y[val_rows], val_pred))
+            loss_avg, losses = sum(losses) / len(losses), []
+            history.append({"step": step + 1, "train_loss": round(loss_avg, 5), "val_mcc": round(val_mcc, 5)})
+            steps.set_postfix(loss=f"{loss_avg:.3f}", val_mcc=f"{val_mcc:.3f}")
+            if val_mcc > best_mcc:  # strictly better: ties keep the earlier step
+                best_mcc, best_step = val_mcc, step + 1
+                best_state = {n: t.detach().to("cpu", copy=True) for n, t in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    test_pred = predict(model, data.test_x, pad_id, 2 * ft.batch_size, device, amp)
+    binary = data.classes == 2  # F1 of class 1 (every binary NT task's positive class), else macro F1
+    test_f1 = f1_score(data.test_y, test_pred, average="binary" if binary else "macro",
+                       labels=None if binary else list(range(data.classes)), zero_division=0)
+    return {"task": run.task, "init": run.init, "seed": run.seed, "run_seed": seed, "config_hash": run.config_hash,
+            "best_step": best_step, "val_mcc": best_mcc, "test_mcc": float(matthews_corrcoef(data.test_y, test_pred)),
+            "test_accuracy": float(accuracy_score(data.test_y, test_pred)), "test_f1": float(test_f1),
+            "n_test": len(test_pred), "n_train": len(train_rows), "n_val": len(val_rows), "classes": data.classes,
+            "seconds": round(time.time() - t0, 1), "history": history}
+
+
+# ---- the pipeline's steps, in the order main() runs them -----------------------------------------------
+def pick_tasks(ft) -> tuple[list[str], dict[str, TaskInfo], Path]:
+    """-> the tasks to run (default: all of the benchmark's), their published facts, their files' folder."""
     table = task_table(ft.benchmark)
     tasks = list(ft.tasks) or list(table)
     if not tasks:
@@ -228,197 +229,116 @@ def main():
     if unknown:
         raise UserError(f"unknown {ft.benchmark} task(s) {', '.join(unknown)}; valid: {', '.join(table)}", 2)
     data_root = Path(ft.data_dir) if ft.benchmark == "local" else Path(ft.data_dir) / ft.benchmark
-    infos = {t: table.get(t, TaskInfo(t, t, None, None, None)) for t in tasks}
+    return tasks, {t: table.get(t, TaskInfo(t, None, None, None)) for t in tasks}, data_root
 
-    # --- get the data: rank 0 downloads or generates, the others wait at a barrier. The barrier uses a
-    # gloo group with a long timeout: a download, or (at the end) another rank's runs, may take hours.
-    wait_group = None
-    if dist.is_distributed:
-        import torch.distributed as tdist
-        wait_group = tdist.new_group(backend="gloo", timeout=timedelta(days=7))
-    if dist.is_main:
-        if ft.benchmark == "demo":
-            if not all((data_root / t / s).is_file() for t in tasks for s in ("train.fna", "test.fna")):
-                make_demo_tasks(data_root, cfg.run.seed, {t: (i.train, i.test) for t, i in task_table("demo").items()})
-                print0(f"wrote the synthetic demo tasks to {data_root}")
-        elif ft.benchmark in BENCHMARKS:
-            bm = BENCHMARKS[ft.benchmark]
-            revision = ft.revision or bm["revision"]
-            for t in tasks:
-                fetch_task(ft.base_url, bm["repo"], revision, t, data_root / t)
-            print0(f"benchmark: {bm['repo']} at revision {revision} in {data_root}")
-    if wait_group is not None:
-        torch.distributed.barrier(group=wait_group)
 
-    # --- tokenizer and pretrained weights (hashed: they are part of every run's identity)
-    out = cfg.out_dir / "finetune"
+def get_data(cfg, tasks: list[str], data_root: Path) -> None:
+    """Make the demo tasks or download the benchmark's (local tasks are the user's own files)."""
+    ft = cfg.finetune
+    if ft.benchmark == "demo" and not all((data_root / t / f"{s}.fna").is_file() for t in tasks for s in ("train", "test")):
+        make_demo_tasks(data_root, cfg.run.seed, {t: (i.train, i.test) for t, i in task_table("demo").items()})
+        print0(f"wrote the synthetic demo tasks to {data_root}")
+    elif ft.benchmark in BENCHMARKS:
+        repo, revision = BENCHMARKS[ft.benchmark]["repo"], ft.revision or BENCHMARKS[ft.benchmark]["revision"]
+        for task in tasks:
+            fetch_task(ft.base_url, repo, revision, task, data_root / task)
+        print0(f"benchmark: {repo} at revision {revision} in {data_root}")
+
+
+def rank_barrier(world):
+    """-> wait() for every rank, on a gloo group that waits up to a week: downloads and other ranks' runs."""
+    if not world.is_distributed:
+        return lambda: None
+    group = torch.distributed.new_group(backend="gloo", timeout=timedelta(days=7))
+    return lambda: torch.distributed.barrier(group=group)
+
+
+def load_tokenizer_and_weights(cfg):
+    """-> tokenizer, pad id, the pretrained state_dict (None for scratch only), and the two files' hashes."""
     tok_path = cfg.out_dir / "tokenizer.json"
+    weights_path = Path(cfg.finetune.pretrained) if cfg.finetune.pretrained else cfg.out_dir / "final" / "model.pt"
     tok, special = load_tokenizer(tok_path, cfg.model)
-    tok_sha = file_hash(tok_path)
-    pretrained_path = Path(ft.pretrained) if ft.pretrained else cfg.out_dir / "final" / "model.pt"
-    weights_sha = None
-    if "pretrained" in ft.inits:
-        if not pretrained_path.is_file():
-            raise UserError(f"{pretrained_path}: pretrained weights not found (run 03_pretrain.py first, "
+    hashes, weights = {"tokenizer": file_hash(tok_path), "weights": None}, None
+    if "pretrained" in cfg.finetune.inits:
+        if not weights_path.is_file():
+            raise UserError(f"{weights_path}: pretrained weights not found (run 03_pretrain.py first, "
                             f"or fine-tune from scratch only: --finetune.inits=[scratch])")
-        weights_sha = file_hash(pretrained_path)
+        hashes["weights"] = file_hash(weights_path)
+        try:  # mmap: read when used, so a dry run or a rank without pretrained runs costs no memory
+            weights = torch.load(weights_path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:
+            raise UserError(f"{weights_path}: not a loadable state_dict ({str(e).splitlines()[0]})")
+    return tok, special.pad, weights, hashes
 
-    # --- the plan: every (task, init, seed); a run is done when its metrics.json has the same hash
+
+def plan_runs(cfg, tasks: list[str], data_root: Path, hashes: dict, world) -> tuple[list[Run], list[Run]]:
+    """-> all runs and those to do: those without a metrics.json of the same hash of all that decides a result."""
+    ft = cfg.finetune
     recipe = {k: v for k, v in asdict(ft).items()
               if k not in ("benchmark", "base_url", "revision", "data_dir", "pretrained", "tasks", "inits", "num_seeds")}
-    data_sha = {t: {s: file_hash(data_root / t / f"{s}.fna") for s in ("train", "test")}
-                for t in tasks if (data_root / t / "train.fna").is_file()}
-    missing = [t for t in tasks if t not in data_sha]
-    if missing:
-        raise UserError(f"{data_root / missing[0] / 'train.fna'}: task file not found")
-
-    def config_hash(task, init, k):
-        ident = {"recipe": recipe, "model": asdict(cfg.model), "seed": cfg.run.seed, "task": task, "init": init,
-                 "k": k, "tokenizer": tok_sha, "data": data_sha[task], "weights": weights_sha if init == "pretrained" else None}
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-
-    def run_dir(task, init, k):
-        return out / task / init / f"seed-{k}"
-
-    def is_done(task, init, k):
-        p = run_dir(task, init, k) / "metrics.json"
-        try:
-            return json.loads(p.read_text()).get("config_hash") == config_hash(task, init, k)
-        except (OSError, ValueError):
-            return False
-
-    runs = [(t, i, k) for t in tasks for i in ft.inits for k in range(ft.num_seeds)]
-    todo = [r for r in runs if not is_done(*r)]
+    runs = []
+    for task in tasks:
+        files = {split: data_root / task / f"{split}.fna" for split in ("train", "test")}
+        if missing := [path for path in files.values() if not path.is_file()]:
+            raise UserError(f"{missing[0]}: task file not found")
+        data = {split: file_hash(path) for split, path in files.items()}
+        for init in ft.inits:
+            for k in range(ft.num_seeds):
+                ident = {"recipe": recipe, "model": asdict(cfg.model), "seed": cfg.run.seed, "task": task, "init": init,
+                         "k": k, "tokenizer": hashes["tokenizer"], "data": data,
+                         "weights": hashes["weights"] if init == "pretrained" else None}
+                run_hash = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+                runs.append(Run(task, init, k, run_hash, cfg.out_dir / "finetune" / task / init / f"seed-{k}"))
+    todo = [run for run in runs if not run.is_done()]
     print0(f"{len(runs):,} runs ({len(tasks)} tasks x {len(ft.inits)} inits x {ft.num_seeds} seeds): "
            f"{len(runs) - len(todo):,} finished (skipped), {len(todo):,} to do"
-           + (f", shared by {world} ranks" if world > 1 else ""))
-    if "--dry-run" in flags:
-        for t in tasks:  # parse and check every task file now, so --dry-run validates the data
-            d = load_task(data_root / t, infos[t])
-            print0(f"  {t}: {len(d['train_y']):,} train / {len(d['test_y']):,} test, {d['classes']} classes")
-        teardown_distributed()
-        return
-    if dist.is_main:
-        save_config(cfg, out)
+           + (f", shared by {world.size} ranks" if world.is_distributed else ""))
+    return runs, todo
 
-    # Under torchrun the ranks split the runs, round-robin; every run is an ordinary single-process
-    # fine-tune on its rank's device, so a run's result does not depend on the number of ranks, and
-    # no gradient traffic is needed. (Sharding each run with DDP would only help a single huge task.)
-    mine = todo[rank::world]
-    device = dist.device
-    use_bf16 = ft.precision == "bf16" or (ft.precision == "auto" and device.startswith("cuda"))
 
-    def autocast():
-        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16)
+def finetune_runs(cfg, runs: list[Run], data_root: Path, infos: dict, tok, pad_id: int, weights, world) -> None:
+    """Fine-tune this rank's runs, each ending with its metrics.json; one task's data in memory at a time."""
+    data, max_len, rank = None, cfg.model.max_seq_len, f"[rank {world.rank}] " if world.is_distributed else ""
+    for n, run in enumerate(runs, start=1):
+        if data is None or data.folder.name != run.task:  # the runs are sorted by task
+            data = load_task(data_root / run.task, infos[run.task])
+            (data.train_x, n_train), (data.test_x, n_test) = (encode(tok, x, max_len) for x in (data.train_x, data.test_x))
+            if n_train or n_test:
+                print(f"{rank}warning: {run.task}: {n_train:,} of {len(data.train_y):,} train and {n_test:,} of "
+                      f"{len(data.test_y):,} test sequences are longer than model.max_seq_len = {max_len} tokens "
+                      "and were truncated", flush=True)
+        bar = f"{run.task}/{run.init}/seed-{run.seed} ({n}/{len(runs)})" if world.is_main else None
+        m = finetune_one(cfg, run, data, pad_id, weights, world.device, bar)
+        write_json(run.dir / "metrics.json", {**m, "truncated": {"train": n_train, "test": n_test}})
+        print(f"{rank}{run.task:<24} {run.init:<10} seed {run.seed}: best step {m['best_step']:,}  val MCC "
+              f"{m['val_mcc']:.4f}  test MCC {m['test_mcc']:.4f}  ({m['n_test']:,} test sequences, "
+              f"{m['seconds']:.0f} s)", flush=True)
 
-    pretrained_sd = None
-    if "pretrained" in {i for _, i, _ in mine}:
-        try:
-            pretrained_sd = torch.load(pretrained_path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise UserError(f"{pretrained_path}: not a loadable state_dict ({str(e).splitlines()[0]})")
 
-    loaded: dict[str, dict] = {}  # one task's data at a time (the runs are sorted by task)
-    for n_run, (task, init, k) in enumerate(mine, start=1):
-        if task not in loaded:
-            loaded.clear()
-            d = load_task(data_root / task, infos[task])
-            d["train_ids"], n_tr = encode(tok, d["train_x"], cfg.model.max_seq_len)
-            d["test_ids"], n_te = encode(tok, d["test_x"], cfg.model.max_seq_len)
-            if n_tr or n_te:
-                log(f"warning: {task}: {n_tr:,} of {len(d['train_ids']):,} train and {n_te:,} of "
-                    f"{len(d['test_ids']):,} test sequences are longer than model.max_seq_len = "
-                    f"{cfg.model.max_seq_len} tokens and were truncated")
-            d["truncated"] = {"train": n_tr, "test": n_te}
-            loaded[task] = d
-        d = loaded[task]
-        seed = run_seed(cfg.run.seed, task, k)
-
-        # seeded stratified train/validation split (same for both inits of this seed)
-        from sklearn.model_selection import train_test_split
-        try:
-            tr_idx, va_idx = train_test_split(np.arange(len(d["train_y"])), test_size=ft.val_fraction,
-                                              random_state=seed, stratify=d["train_y"])
-        except ValueError as e:
-            raise UserError(f"{data_root / task / 'train.fna'}: cannot make a stratified validation split ({e})")
-        va_ids = [d["train_ids"][i] for i in va_idx]
-        va_y = d["train_y"][va_idx]
-
-        # model: the same seed builds the same head (and, for scratch, the same encoder)
-        torch.manual_seed(seed)
-        model = SequenceClassifier(cfg.model, d["classes"], ft.classifier_dropout)
-        if init == "pretrained":
-            try:
-                model.load_encoder_from_mlm(pretrained_sd)
-            except (RuntimeError, ValueError) as e:
-                raise UserError(f"{pretrained_path}: does not fit the [model] config ({str(e).splitlines()[0][:200]})")
-        model.to(device)
-        opt = configure_optimizer(model, ft, device)  # AdamW, no decay on biases and norms (as 03)
-
-        # training: an endless stream of seeded shuffles of the train rows
-        rng = np.random.default_rng(seed)
-        stream, pos = rng.permutation(tr_idx), 0
-        best = {"mcc": -2.0, "step": 0, "state": None}
-        history = []
-        t0 = time.time()
-        model.train()
-        bar = tqdm(range(ft.max_steps), desc=f"{task}/{init}/seed-{k} ({n_run}/{len(mine)})", leave=False,
-                   disable=not dist.is_main, mininterval=2)
-        loss_sum, loss_n = 0.0, 0
-        for step in bar:
-            if pos + ft.batch_size > len(stream):
-                stream, pos = np.concatenate([stream[pos:], rng.permutation(tr_idx)]), 0
-            rows, pos = stream[pos:pos + ft.batch_size], pos + ft.batch_size
-            x, mask = collate(d["train_ids"], rows, special.pad)
-            y = torch.from_numpy(d["train_y"][rows])
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, ft)
-            with autocast():
-                logits, _ = model(x.to(device), mask.to(device))
-            loss = F.cross_entropy(logits.float(), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if ft.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), ft.grad_clip)
-            opt.step()
-            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
-            if (step + 1) % ft.eval_interval == 0 or step + 1 == ft.max_steps:
-                val = scores(va_y, predict(model, va_ids, special.pad, 2 * ft.batch_size, device, autocast), d["classes"])
-                history.append({"step": step + 1, "train_loss": round(loss_sum / loss_n, 5), "val_mcc": round(val["mcc"], 5)})
-                loss_sum, loss_n = 0.0, 0
-                if val["mcc"] > best["mcc"]:  # strictly better: ties keep the earlier step
-                    best = {"mcc": val["mcc"], "step": step + 1,
-                            "state": {n: t.detach().to("cpu", copy=True) for n, t in model.state_dict().items()}}
-                bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_mcc=f"{val['mcc']:.3f}")
-        bar.close()
-
-        # the best validation weights score the whole test split
-        model.load_state_dict(best["state"])
-        test_pred = predict(model, d["test_ids"], special.pad, 2 * ft.batch_size, device, autocast)
-        test = scores(d["test_y"], test_pred, d["classes"])
-        metrics = {
-            "task": task, "init": init, "seed": k, "run_seed": seed, "config_hash": config_hash(task, init, k),
-            "best_step": best["step"], "val_mcc": best["mcc"], "test_mcc": test["mcc"],
-            "test_accuracy": test["accuracy"], "test_f1": test["f1"], "n_test": int(len(test_pred)),
-            "n_train": int(len(tr_idx)), "n_val": int(len(va_idx)), "classes": d["classes"],
-            "truncated": d["truncated"], "seconds": round(time.time() - t0, 1), "history": history,
-        }
-        write_json(run_dir(task, init, k) / "metrics.json", metrics)
-        log(f"{task:<24} {init:<10} seed {k}: best step {best['step']:,}  val MCC {best['mcc']:.4f}  "
-            f"test MCC {test['mcc']:.4f}  ({len(test_pred):,} test sequences, {metrics['seconds']:.0f} s)")
-        del model, opt, best
-
-    # --- rank 0 assembles the table once every rank is done
-    if wait_group is not None:
-        torch.distributed.barrier(group=wait_group)
-    if dist.is_main:
-        rows = [json.loads((run_dir(*r) / "metrics.json").read_text()) for r in runs]
-        write_results(out, rows, tasks, infos, ft.inits)
+def main():
+    cfg, flags = load_config(flags=("--dry-run",))
+    world = setup_distributed(cfg.run.device)
+    wait_for_all_ranks = rank_barrier(world)
+    tasks, infos, data_root = pick_tasks(cfg.finetune)
+    if world.is_main:  # rank 0 makes or downloads the data while the others wait
+        get_data(cfg, tasks, data_root)
+    wait_for_all_ranks()
+    tok, pad_id, weights, hashes = load_tokenizer_and_weights(cfg)
+    runs, todo = plan_runs(cfg, tasks, data_root, hashes, world)
+    if "--dry-run" in flags:  # parse every task file too, so a dry run checks the data
+        for task in tasks:
+            data = load_task(data_root / task, infos[task])
+            print0(f"  {task}: {len(data.train_y):,} train / {len(data.test_y):,} test, {data.classes} classes")
+        return teardown_distributed()
+    if world.is_main:
+        save_config(cfg, cfg.out_dir / "finetune")
+    # torchrun: the ranks share out the runs, each one process on one device, so results don't depend on ranks
+    finetune_runs(cfg, todo[world.rank::world.size], data_root, infos, tok, pad_id, weights, world)
+    wait_for_all_ranks()
+    if world.is_main:
+        rows = [json.loads((run.dir / "metrics.json").read_text()) for run in runs]
+        write_results(cfg.out_dir / "finetune", rows, tasks, infos, cfg.finetune.inits)
     teardown_distributed()
-
-
-# -----------------------------------------------------------------------------
-# the outputs: results.csv, results.md, mcc.png
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ class SelfAttention(nn.Module):
         self.nh, self.hs = cfg.num_heads, cfg.head_size
         # one fused (C -> 3C) matmul for q, k, v: one kernel launch instead of three on GPU (nanoGPT's
         # c_attn); on CPU fused and separate measured the same (tinydnabert shape, fwd+bwd).
-        # Rows [0:C) are q, [C:2C) k, [2C:3C) v (the HF mapping below cats/splits along dim 0).
+        # Rows [0:C) are q, [C:2C) k, [2C:3C) v (shelf/hf_roberta.py cats/splits along dim 0).
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.bias)
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
         self.attention_dropout = cfg.attention_dropout
@@ -109,11 +109,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, attn_mask, rope):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
-        # (B, T, C) -> (B, nh, T, hs)
-        q = q.view(B, T, self.nh, self.hs).transpose(1, 2)
-        k = k.view(B, T, self.nh, self.hs).transpose(1, 2)
-        v = v.view(B, T, self.nh, self.hs).transpose(1, 2)
+        # one (B, T, 3C) matmul, split into q, k, v, each (B, T, C) -> (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.nh, self.hs).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         # bidirectional: no causal mask. attn_mask is None (no padding: lets SDPA pick flash attention)
@@ -220,7 +217,7 @@ class Encoder(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# Initialisation, shared by both models
+# The two models: an Encoder with a head. Both initialise the same way.
 
 @torch.no_grad()
 def _init_module(module, std):
@@ -237,6 +234,19 @@ def _init_module(module, std):
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+class EncoderWithHead(nn.Module):
+    @torch.no_grad()
+    def init_weights(self):
+        """(Re)initialise every parameter in place; call after to_empty() when built on meta. There are
+        no buffers (RoPE tables are computed per forward) and no second copy of a tied weight."""
+        self.apply(lambda m: _init_module(m, self.cfg.init_std))
+        if hasattr(self, "lm_head"):
+            nn.init.zeros_(self.lm_head.bias)
+
+    def num_parameters(self, exclude_positions=False):
+        return num_parameters(self, exclude_positions)
 
 
 class LMHead(nn.Module):
@@ -256,7 +266,7 @@ class LMHead(nn.Module):
         return F.linear(h, decoder_weight, self.bias)
 
 
-class MaskedLM(nn.Module):
+class MaskedLM(EncoderWithHead):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
@@ -267,17 +277,6 @@ class MaskedLM(nn.Module):
     @property
     def decoder_weight(self):
         return self.encoder.wte.weight  # tied: the one and only (V, C) matrix
-
-    @torch.no_grad()
-    def init_weights(self):
-        """(Re)initialise every parameter in place; call after to_empty() when built on meta.
-        There are no buffers (RoPE tables are computed per forward), and the decoder has no weight of
-        its own, so nothing else needs re-creating or re-tying."""
-        self.apply(lambda m: _init_module(m, self.cfg.init_std))
-        nn.init.zeros_(self.lm_head.bias)
-
-    def num_parameters(self, exclude_positions=False):
-        return num_parameters(self, exclude_positions)
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         """input_ids (B, T) long; labels (B, T) with -100 where there is no target.
@@ -311,7 +310,7 @@ class ClassificationHead(nn.Module):
         return self.out_proj(x)  # (B, num_labels)
 
 
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(EncoderWithHead):
     def __init__(self, cfg, num_labels, classifier_dropout=0.1):
         super().__init__()
         if num_labels < 2:
@@ -321,14 +320,6 @@ class SequenceClassifier(nn.Module):
         self.encoder = Encoder(cfg)
         self.classifier = ClassificationHead(cfg, num_labels, classifier_dropout)
         self.init_weights()
-
-    @torch.no_grad()
-    def init_weights(self):
-        """Same scheme as MaskedLM.init_weights (this model has no tied weights)."""
-        self.apply(lambda m: _init_module(m, self.cfg.init_std))
-
-    def num_parameters(self, exclude_positions=False):
-        return num_parameters(self, exclude_positions)
 
     def load_encoder_from_mlm(self, state_dict, strict=True):
         """Copy the `encoder.*` weights of a MaskedLM state dict (pretrained init for fine-tuning).
@@ -388,17 +379,11 @@ def num_parameters(model, exclude_positions=False):
 
 
 def flops_per_token(cfg, seq_len, head_fraction=1.0):
-    """Training FLOPs per token (forward + backward), the PaLM / nanoGPT convention:
-
-        6 * N_matmul + 12 * L * C * T
-
-    N_matmul counts the weights that take part in a matmul per token (biases, norms and embedding
-    lookups are ignored): per layer 4*C^2 (qkv + proj) + 2*C*F (GELU MLP) or 3*C*F (SwiGLU), plus the
-    LM head's C^2 dense and its V*C decoder. The 6 is 2 (multiply-add) x 3 (forward + 2x backward).
-    12*L*C*T is the attention scores and weighted sum (2 matmuls of T*C per token, x2 multiply-add,
-    x3 forward+backward), full bidirectional attention, so no causal halving.
-    head_fraction: fraction of tokens sent through the LM head; 1.0 (convention), or e.g. 0.15 to
-    count what MaskedLM really computes when given labels."""
+    """Training FLOPs per token, forward + backward (PaLM / nanoGPT): 6 * N_matmul + 12 * L * C * T.
+    N_matmul = weights in a matmul per token: per layer 4C^2 (qkv, proj) + 2CF (GELU) or 3CF (SwiGLU),
+    plus the LM head's C^2 dense and VC decoder; 6 = 2 (multiply-add) x 3 (forward, 2x backward).
+    12LCT: attention scores and weighted sum, bidirectional (no causal halving). head_fraction: share
+    of tokens through the LM head (1.0 by convention; 0.15 = what MaskedLM computes with labels)."""
     C, L, F_, V = cfg.hidden_size, cfg.num_layers, cfg.ffn_size, cfg.vocab_size
     per_layer = 4 * C * C + (3 if cfg.mlp == "swiglu" else 2) * C * F_
     head = C * C + V * C

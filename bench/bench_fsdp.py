@@ -95,16 +95,16 @@ def main(argv=None):
                  f"--run.device={'cuda' if cuda else 'cpu'}"] + (TINY if args.tiny else [])
     cfg, _ = load_config(["--config", str(ROOT / "configs" / "dnafm_7b.toml"), *overrides])
     pretrain = load_script("03_pretrain.py")
-    d = join_process_group(cfg.run.device)
-    device = torch.device(d.device)
+    world = join_process_group(cfg.run.device)
+    device = torch.device(world.device)
     try:
         with torch.device("meta"):
             net = MaskedLM(cfg.model)
-        net = pretrain.parallelize(net, cfg, d, bf16=True, seed=cfg.run.seed)
+        net = pretrain.parallelize(net, cfg, world, bf16=True, seed=cfg.run.seed)
         opt = pretrain.configure_optimizer(net, cfg.pretrain, device)
         masker = pretrain.Masker(cfg.model.vocab_size, cfg.model.vocab_size, CHAR_SPECIALS, MASK_ID,
                                  cfg.pretrain.mask_prob, device)
-        g = torch.Generator(device=device).manual_seed(cfg.run.seed + d.rank)
+        g = torch.Generator(device=device).manual_seed(cfg.run.seed + world.rank)
         ids = torch.randint(5, 9, (args.batch, args.seq_len), generator=g, device=device)  # A G C T
         inputs, labels = masker(ids, cfg.run.seed, args.batch, slice(None))
 
@@ -133,21 +133,21 @@ def main(argv=None):
 
     dt = statistics.median(times)
     tok_s = args.batch * args.seq_len / dt  # per GPU
-    fpt = flops_per_token(cfg.model, args.seq_len, head_fraction=cfg.pretrain.mask_prob)
+    flops_token = flops_per_token(cfg.model, args.seq_len, head_fraction=cfg.pretrain.mask_prob)
     params = sum(p.numel() for p in net.parameters())  # a DTensor's numel() is its global size
     if args.tiny and not cuda:
         rows = [row(5, what.replace("dnafm_7b block shape", "tiny shape"), ours=f"{tok_s:,.0f} tok/s",
                     note=f"CPU + gloo crash test (loss {loss.item():.3f}), not a figure")]
     else:
         peak = gpu_peak_tflops(args.peak_tflops)
-        mfu = fpt * tok_s / (peak * 1e12) if peak else None
+        mfu = flops_token * tok_s / (peak * 1e12) if peak else None
         mem = torch.cuda.max_memory_allocated() / 2**30
         rows = [row(5, what, f"peak {peak:,.0f} TFLOP/s" if peak else "peak unknown",
-                    f"{tok_s:,.0f} tok/s/GPU, {fpt * tok_s / 1e12:,.0f} TFLOP/s", mfu, TARGET,
-                    f"{torch.cuda.get_device_name(0)} x{d.size}; {params / 1e9:.2f} B params; "
+                    f"{tok_s:,.0f} tok/s/GPU, {flops_token * tok_s / 1e12:,.0f} TFLOP/s", mfu, TARGET,
+                    f"{torch.cuda.get_device_name(0)} x{world.size}; {params / 1e9:.2f} B params; "
                     f"peak mem {mem:,.1f} GiB; median of {args.steps} steps"
                     + ("" if peak else "; MFU not computed: unknown GPU peak (--peak-tflops)"))]
-    if d.is_main:
+    if world.is_main:
         print(format_table(rows))
         print(f"wrote {write_rows('bench_fsdp', rows, meta, args.out)}")
     return rows

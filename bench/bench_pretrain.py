@@ -76,31 +76,31 @@ class Setup:
         self.pretrain = load_script("03_pretrain.py")
         cfg, _ = load_config(["--config", str(ROOT / "configs" / "tinydnabert.toml"), f"--run.device={device}",
                               f"--pretrain.compile={'true' if compile else 'false'}", *overrides])
-        self.cfg, pc = cfg, cfg.pretrain
-        self.d = World(device=device)
-        self.bf16 = device == "cuda" or pc.precision == "bf16"
+        self.cfg, train = cfg, cfg.pretrain
+        self.world = World(device=device)
+        self.bf16 = device == "cuda" or train.precision == "bf16"
         torch.manual_seed(cfg.run.seed)
-        self.model = self.pretrain.parallelize(MaskedLM(cfg.model), cfg, self.d, self.bf16, cfg.run.seed)
-        self.optimizer = self.pretrain.configure_optimizer(self.model, pc, torch.device(device))
+        self.model = self.pretrain.parallelize(MaskedLM(cfg.model), cfg, self.world, self.bf16, cfg.run.seed)
+        self.optimizer = self.pretrain.configure_optimizer(self.model, train, torch.device(device))
         self.autocast = (torch.autocast(device, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext())
-        n_tokens = pc.seq_len * max(4 * pc.batch_size, 4096)  # far more blocks than the run reads: random rows
-        self.stream = self.pretrain.BlockStream(token_file(tmp, n_tokens, cfg.model.vocab_size), pc.seq_len, 0)
+        n_tokens = train.seq_len * max(4 * train.batch_size, 4096)  # far more blocks than the run reads: random rows
+        self.stream = self.pretrain.BlockStream(token_file(tmp, n_tokens, cfg.model.vocab_size), train.seq_len,
+                                                cfg.run.seed)
         self.masker = self.pretrain.Masker(cfg.model.vocab_size, cfg.model.vocab_size, SPECIALS, MASK_ID,
-                                           pc.mask_prob, torch.device(device))
+                                           train.mask_prob, torch.device(device))
         self.step_no = 0
         self.batch = self.get_batch()  # the step below reuses one batch: it times the model alone
 
     def get_batch(self):
         self.step_no += 1
-        return self.pretrain.get_batch(self.stream, self.masker, self.step_no, self.cfg.pretrain, self.d,
-                                       self.cfg.run.seed)
+        return self.pretrain.get_batch(self.stream, self.masker, self.step_no, self.cfg.pretrain, self.world)
 
     def data(self):
         inputs, labels = self.get_batch()
         return inputs.sum().item() + labels.sum().item()  # wait until the batch is really on the device
 
     def step(self):
-        loss, grad_norm = self.pretrain.forward_backward(self.model, *self.batch, self.cfg.pretrain, self.d,
+        loss, grad_norm = self.pretrain.forward_backward(self.model, *self.batch, self.cfg.pretrain, self.world,
                                                          self.autocast)
         values = torch.stack([loss, grad_norm]).tolist()  # the loop's one host sync
         self.optimizer.step()
@@ -154,23 +154,23 @@ def gpu_rows(overrides: list[str], device: str, repeats: int, args, tmp: Path) -
     compiled = Setup(overrides, device, compile=True, tmp=tmp)
     compiled.step()  # compile outside the timing
     times = interleaved_times({"eager": eager.step, "compiled": compiled.step}, repeats, args.warmup, device)
-    pc, mcfg = eager.cfg.pretrain, eager.cfg.model
-    tokens = pc.batch_size * pc.seq_len
-    fpt = flops_per_token(mcfg, pc.seq_len, head_fraction=pc.mask_prob)
+    train, mcfg = eager.cfg.pretrain, eager.cfg.model
+    tokens = train.batch_size * train.seq_len
+    flops_token = flops_per_token(mcfg, train.seq_len, head_fraction=train.mask_prob)
     peak = gpu_peak_tflops(args.peak_tflops) if device == "cuda" else 0.0
     name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU code-path check, not a figure"
     out = []
     for mode in ("eager", "compiled"):
         dt = statistics.median(times[mode])
         tok_s = tokens / dt
-        mfu = fpt * tok_s / (peak * 1e12) if peak else None
+        mfu = flops_token * tok_s / (peak * 1e12) if peak else None
         note = f"{name}; median of {repeats} steps"
         if mode == "compiled":
             note += f"; {paired_ratio(times['eager'], times['compiled']):.2f}x the eager speed"
         if device == "cuda":
             note += f"; peak mem {torch.cuda.max_memory_allocated() / 2**30:,.1f} GiB"
             note += "" if peak else "; MFU not computed: unknown GPU peak (--peak-tflops)"
-        out.append(row(5, f"GPU bf16 training step, tinydnabert, seq_len {pc.seq_len}, {mode}: MFU",
+        out.append(row(5, f"GPU bf16 training step, tinydnabert, seq_len {train.seq_len}, {mode}: MFU",
                        f"peak {peak:,.0f} TFLOP/s" if peak else "", f"{tok_s:,.0f} tok/s", mfu,
                        MFU_TARGET if device == "cuda" else "", note))
     return out

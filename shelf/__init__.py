@@ -8,6 +8,7 @@ The shelf: machinery the numbered scripts use and a reader may skip. Each file h
     tokens.py        loading tokenizer.json and tokens/meta.json, special-token ids by role
     distributed.py   torchrun set-up, DDP / FSDP2 wrapping, activation checkpointing, compile
     checkpoint.py    pretraining checkpoints: atomic, resumable bit-exactly, FSDP-aware
+    train_log.py     03's progress: the bar, the log lines, pretrain_log.csv, tokens/s and MFU
     dry_run.py       03's --dry-run: memory per GPU and run time from the config alone
     plots.py         every PNG the pipeline draws
     results.py       04's results.csv / results.md, beside the published figures

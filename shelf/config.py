@@ -27,7 +27,7 @@ PRECISIONS = ("auto", "fp32", "bf16")  # "auto": bf16 autocast on CUDA, fp32 on 
 
 
 def checker(section: str, values):
-    """check(key, ok, expected) raises ValueError('section.key = value: expected') unless ok."""
+    """-> check(key, ok, expected): raises ValueError('section.key = value: expected') unless ok."""
     def check(key: str, ok: bool, expected: str) -> None:
         if not ok:
             raise ValueError(f"{section}.{key} = {getattr(values, key)!r}: {expected}")
@@ -48,8 +48,7 @@ class RunConfig:
 
 @dataclass
 class PreprocessConfig:
-    # FASTA sources: local paths or https URLs, plain or gzip; the GRCh38.p14 assembly from NCBI
-    sources: list[str] = field(default_factory=lambda: [
+    sources: list[str] = field(default_factory=lambda: [  # local FASTA paths or URLs, plain or gzip, or "demo"
         "https://ftp.ncbi.nlm.nih.gov/genomes/all/GCF/000/001/405/GCF_000001405.40_GRCh38.p14/"
         "GCF_000001405.40_GRCh38.p14_genomic.fna.gz"
     ])
@@ -80,9 +79,7 @@ class TokenizerConfig:
     vocab_size: int = 1024  # bpe only: total vocabulary, special tokens included
     min_frequency: int = 4  # bpe only
     sample_fraction: float = 0.1  # bpe only: seeded uniform sample of train segments to train on
-    # bpe only: cap on that sample in Mbp, 0 = none. BPE training holds ~50 B per sampled bp (measured,
-    # bench/bench_tokenizer.py): GRCh38's 1/10 sample (~310 Mbp) needs ~15 GiB; set e.g. 100 on smaller machines
-    max_train_mbp: float = 0.0
+    max_train_mbp: float = 0.0  # bpe only: cap on the sample in Mbp (0 = none); ~50 B of RAM per sampled bp
     k: int = 6  # kmer only
     encode_batch_size: int = 1024  # segments per encode_batch call while writing token files
 
@@ -123,8 +120,7 @@ class PretrainConfig:
     ckpt_interval: int = 5000
     keep_checkpoints: int = 3
     gpu_peak_tflops: float = 0.0  # for MFU; 0 = look the GPU up (H100 bf16 dense: 989)
-    stop_at: int = 0  # end this run after this step, checkpointed (0 = max_steps); the lr schedule still
-    #                   runs to max_steps, so `--resume` continues as if never stopped (time-limited jobs)
+    stop_at: int = 0  # end this job at this step, checkpointed (0 = max_steps); --resume goes on (time-limited jobs)
     dry_run_gpus: int = 2  # --dry-run plans for this many GPUs (the preset's intended count); WORLD_SIZE wins
     dry_run_gpu: str = "H100"  # --dry-run: the GPU to plan for: "H100", "H200", "A100", "RTX 4090"
     dry_run_mfu: float = 0.4  # --dry-run: the model-FLOPs utilisation the time estimate assumes
@@ -142,9 +138,7 @@ class PretrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    # "revised" (18 tasks, TinyDNABERT's table) | "original" (the first 18) | "demo" (synthetic tasks 04
-    # generates itself) | "local" (your own folders <data_dir>/<task>/{train,test}.fna, never downloaded)
-    benchmark: str = "revised"
+    benchmark: str = "revised"  # "revised" (TinyDNABERT's 18) | "original" | "demo" | "local" (<data_dir>/<task>/)
     base_url: str = "https://huggingface.co/datasets/InstaDeepAI"  # + /<repo>/resolve/<revision>/<task>/<split>.fna
     revision: str = ""  # hub revision; "" = the benchmark's pinned default (BENCHMARKS in 04_finetune_nt.py)
     data_dir: str = "data/nt_benchmark"  # task files live in <data_dir>/<benchmark>/<task>/ ("local": <data_dir>/<task>/)
@@ -158,10 +152,10 @@ class FinetuneConfig:
     lr: float = 1e-4
     min_lr: float = 0.0
     weight_decay: float = 1e-5  # AdamW, not on biases and norms
-    beta1: float = 0.9  # AdamW betas and eps: Hugging Face Trainer's defaults, which TinyDNABERT used
+    beta1: float = 0.9  # AdamW betas, eps, grad_clip: Hugging Face Trainer's defaults, which TinyDNABERT used
     beta2: float = 0.999
     eps: float = 1e-8
-    grad_clip: float = 1.0  # as Hugging Face Trainer's default max_grad_norm, which TinyDNABERT used
+    grad_clip: float = 1.0
     eval_interval: int = 200  # validation MCC every this many steps (and at the last); the best weights are kept
     val_fraction: float = 0.1  # stratified, seeded split of train
     classifier_dropout: float = 0.1
@@ -216,8 +210,6 @@ EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a
 
 def field_types(section: str) -> dict:
     return typing.get_type_hints(SECTIONS[section])
-
-
 def coerce(value, tp, where: str):
     """`value` as parsed from TOML, checked against a field type: int is accepted where a float is due."""
     if typing.get_origin(tp) is list:
@@ -280,11 +272,8 @@ def parse_argv(argv: list[str], flags: tuple[str, ...]) -> tuple[Path, list[tupl
 
 
 def load_config(argv: list[str] | None = None, flags: tuple[str, ...] = ()) -> tuple[Config, set[str]]:
-    """Parse `--config FILE`, `--section.key=value` overrides and the script's own boolean `flags`.
-
-    Returns the resolved Config and the set of flags given (e.g. {"--resume"}). Without --config the
-    tinydnabert preset is used, so `python 01_preprocess.py` runs the reference reproduction.
-    """
+    """`--config FILE` (default: tinydnabert), `--section.key=value` overrides and the script's own
+    boolean `flags` -> (the resolved Config, the flags given, e.g. {"--resume"})."""
     path, overrides, given = parse_argv(sys.argv[1:] if argv is None else list(argv), flags)
     try:
         data = tomllib.loads(path.read_text())
@@ -311,12 +300,10 @@ def load_config(argv: list[str] | None = None, flags: tuple[str, ...] = ()) -> t
 # writing: the resolved config, every key, as TOML
 
 
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
+def toml_value(v) -> str:  # a JSON string is a valid TOML string; Python's repr of a number is TOML
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return json.dumps(v) if isinstance(v, str) else repr(v)  # a JSON string is a valid TOML string
+    return json.dumps(v) if isinstance(v, (str, bool)) else repr(v)
 
 
 def config_to_toml(cfg: Config) -> str:

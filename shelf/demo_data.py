@@ -13,9 +13,7 @@ from shelf.files import atomic_write
 
 
 DEMO_SEED = 20_240_601  # fixed, so the demo data is the same for every run.seed (which drives the cuts)
-
-
-BASES = np.frombuffer(b"ACGT", np.uint8)
+BASES = np.frombuffer(b"ACGT", np.uint8)  # index -> base: BASES[k] for k in 0..3
 
 
 def write_demo_genome(path: Path) -> Path:

@@ -1,18 +1,16 @@
-"""
-Distributed set-up for torchrun (nccl on CUDA, gloo on CPU) and the model wrapping of torchtitan's
-order: activation checkpointing -> per-block compile -> FSDP2 (fully_shard) or DDP.
-
-torchrun sets RANK / LOCAL_RANK / WORLD_SIZE; a plain `python` run is a world of size 1.
-"""
+"""torchrun set-up (nccl on CUDA, gloo on CPU) and the model wrapping in torchtitan's order:
+activation checkpointing -> per-block compile -> FSDP2 (fully_shard) or DDP."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from shelf.errors import ConfigError
 
@@ -24,39 +22,27 @@ class World:
     local_rank: int = 0
     size: int = 1
     device: str = "cpu"
+    is_main = property(lambda self: self.rank == 0)
+    is_distributed = property(lambda self: self.size > 1)
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.size > 1
+    def barrier(self) -> None:
+        if self.is_distributed:
+            dist.barrier()
 
 
-def resolve_device(preference: str) -> str:
-    """run.device -> a torch device name ("auto": cuda if there is one, else cpu)."""
-    if preference == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if preference.startswith("cuda") and not torch.cuda.is_available():
+def setup_distributed(preference: str = "auto") -> World:
+    """Join the torchrun process group if there is one. run.device "auto": cuda if there is one, else cpu."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if preference == "auto" else preference
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"run.device = '{preference}' but no CUDA GPU is visible; use 'cpu' or 'auto'")
-    return preference
-
-
-def setup_distributed(device_preference: str = "auto") -> World:
-    """Join the torchrun process group if there is one: nccl on CUDA, gloo on CPU."""
-    device = resolve_device(device_preference)
     if "RANK" not in os.environ:
         return World(device=device)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    world_size = int(os.environ["WORLD_SIZE"])
-    if device.startswith("cuda"):
+    rank, local_rank, size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if cuda := device.startswith("cuda"):
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
-        dist.init_process_group("nccl", device_id=torch.device(device))
-    else:
-        dist.init_process_group("gloo")
-    return World(rank=rank, local_rank=local_rank, size=world_size, device=device)
+    dist.init_process_group("nccl" if cuda else "gloo", device_id=torch.device(device) if cuda else None)
+    return World(rank=rank, local_rank=local_rank, size=size, device=device)
 
 
 def teardown_distributed() -> None:
@@ -71,60 +57,44 @@ def print0(*args, **kwargs) -> None:
 
 
 def parallelize(net, cfg, world: World, bf16: bool, seed: int) -> torch.nn.Module:
-    pc, device = cfg.pretrain, torch.device(world.device)
-    if not pc.meta_init:  # full tensors, before any sharding: the same weights on every rank, and the
-        torch.manual_seed(seed)  # same as a meta-device build on the CPU (init_weights from a fresh seed)
+    """Wrap `net` for this world; its weights come from `seed`, the same on every rank and either way of init."""
+    pretrain, device = cfg.pretrain, torch.device(world.device)
+    if not pretrain.meta_init:  # full tensors, initialised before any sharding
+        torch.manual_seed(seed)
         net.init_weights()
-    if pc.activation_checkpointing:
-        # keep each block's input only; recompute its insides in backward. Patching forward (not wrapping
-        # the module) keeps the state-dict keys unchanged.
-        from torch.utils.checkpoint import checkpoint
-        for block in net.encoder.blocks:
-            block.forward = _checkpointed(checkpoint, block.forward)
-    if pc.compile:
-        for block in net.encoder.blocks:  # per block: static shapes; the data-dependent LM-head gather stays eager
+        net.to(device)
+    for block in net.encoder.blocks:
+        if pretrain.activation_checkpointing:  # keep each block's input, recompute its insides in backward;
+            from torch.utils.checkpoint import checkpoint  # patching forward keeps the state-dict keys
+            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+        if pretrain.compile:  # per block: static shapes; the data-dependent LM-head gather stays eager
             block.compile()
-    fsdp = pc.parallel == "fsdp" and world.is_distributed
-    if fsdp:
+    if fsdp := pretrain.parallel == "fsdp" and world.is_distributed:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         mesh = init_device_mesh(device.type, (world.size,))  # always explicit (pytorch#132471)
         # bf16 compute, fp32 gradient reduction (and fp32 master weights in the optimizer)
-        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
-              else MixedPrecisionPolicy())
+        mp = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if bf16 else MixedPrecisionPolicy()
         for block in net.encoder.blocks:
             fully_shard(block, mesh=mesh, mp_policy=mp)
-        # the root unit: embeddings, final norm and LM head, so the tied word embedding / decoder is one unit
-        fully_shard(net, mesh=mesh, mp_policy=mp)
-    if pc.meta_init:  # materialise (only this rank's shards under FSDP), then initialise once
+        fully_shard(net, mesh=mesh, mp_policy=mp)  # the root: embeddings, final norm, LM head (tied: one unit)
+    if pretrain.meta_init:  # materialise (only this rank's shards under FSDP), then initialise once
         net.to_empty(device=device)
         torch.manual_seed(seed)
         net.init_weights()
         if fsdp:
             _zero_sharded_padding_rows(net, world)
-    else:
-        net.to(device)
     if world.is_distributed and not fsdp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
         return DDP(net, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
     return net
 
 
-def _checkpointed(checkpoint, forward):
-    def run(*args, **kwargs):
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-    return run
-
-
 @torch.no_grad()
 def _zero_sharded_padding_rows(net, world: World) -> None:
-    """init_weights() zeroes an embedding's padding row with weight[pad].zero_(), which is a silent no-op on
-    a dim-0-sharded DTensor (torch 2.13). FSDP2 shards dim 0 like torch.chunk: rank r holds rows
-    [r * ceil(V / W), ...), so zero the row in the rank that holds it."""
+    """init_weights() zeroes the padding row with weight[pad].zero_(), a silent no-op on a dim-0-sharded
+    DTensor (torch 2.13). FSDP2 shards dim 0 like torch.chunk: rank r holds rows [r * ceil(V / W), ...)."""
     for emb in (net.encoder.wte, net.encoder.wpe):
-        if emb is None or emb.padding_idx is None:
-            continue
-        local = emb.weight.to_local()
-        row = emb.padding_idx - world.rank * math.ceil(emb.weight.shape[0] / world.size)
-        if 0 <= row < local.shape[0]:
-            local[row].zero_()
+        if emb is not None and emb.padding_idx is not None:
+            row = emb.padding_idx - world.rank * math.ceil(emb.weight.shape[0] / world.size)
+            if 0 <= row < emb.weight.to_local().shape[0]:
+                emb.weight.to_local()[row].zero_()

@@ -36,7 +36,7 @@ def plot_lengths(edges: list[int], counts: list[int], path: Path) -> None:
 
 
 def plot_losses(rows: list[dict], path: Path) -> None:
-
+    """03's loss.png from pretrain_log.csv's rows: MLM loss (train, validation), masked-token accuracy."""
     train = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") not in ("", None)]
     val = [(int(r["step"]), float(r["val_loss"]), float(r["val_acc"])) for r in rows
            if r.get("val_loss") not in ("", None)]

@@ -141,9 +141,9 @@ def test_demo_tasks_are_deterministic_and_match_the_table(tmp_path):
     for task, ti in info.items():
         for split in ("train", "test"):
             assert (tmp_path / "a" / task / f"{split}.fna").read_bytes() == (tmp_path / "b" / task / f"{split}.fna").read_bytes()
-        d = ft.load_task(tmp_path / "a" / task, ti)
-        assert (len(d["train_y"]), len(d["test_y"])) == (ti.train, ti.test)
-        assert sorted(set(d["train_y"].tolist())) == list(range(ti.classes))
+        data = ft.load_task(tmp_path / "a" / task, ti)
+        assert (len(data.train_y), len(data.test_y)) == (ti.train, ti.test)
+        assert sorted(set(data.train_y.tolist())) == list(range(ti.classes))
 
 
 def test_reference_table_is_shipped_with_its_means():
