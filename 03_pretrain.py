@@ -214,9 +214,7 @@ def resume_or_start(cfg: Config, world: World, model, optimizer, train: BlockStr
     path = resume_point(cfg.out_dir, "--resume" in flags, "--restart" in flags, world)
     if path is None:
         return 0
-    saved = load_checkpoint(path, model, optimizer, world, is_fsdp(model))
-    if saved["config"]["model"] != dataclasses.asdict(cfg.model):
-        raise UserError(f"{path}: saved with another [model] config; resume with the run's {cfg.out_dir}/config.toml")
+    saved = load_checkpoint(path, model, optimizer, world, is_fsdp(model), dataclasses.asdict(cfg.model))
     if saved["world_size"] != world.size:  # the RNG states saved are those of other ranks: fresh streams
         torch.manual_seed(seed_for(saved["config"]["run"]["seed"], 3, saved["step"], world.rank))
     train.epoch, train.index = saved["data"]["epoch"], saved["data"]["index"]

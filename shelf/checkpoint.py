@@ -78,12 +78,15 @@ def save_checkpoint(ckpt_dir: Path, step: int, net, optimizer, extra: dict, worl
     return final
 
 
-def load_checkpoint(path: Path, net, optimizer, world: World, sharded: bool) -> dict:
+def load_checkpoint(path: Path, net, optimizer, world: World, sharded: bool, model_config: dict | None = None) -> dict:
     """Load model + optimizer into the (possibly wrapped or sharded) model, and this rank's RNG state if
-    the world size is unchanged (else the caller re-seeds). Returns meta.pt: step, data position, config."""
+    the world size is unchanged (else the caller re-seeds). Returns meta.pt: step, data position, config.
+    With `model_config`, a checkpoint of another [model] is refused before any weight is touched."""
     if not (path / "meta.pt").is_file():
         raise UserError(f"{path}: not a checkpoint (no meta.pt)")
     extra = torch.load(path / "meta.pt", weights_only=True)
+    if model_config is not None and extra["config"]["model"] != model_config:
+        raise UserError(f"{path}: saved with another [model] config; resume with the run's config.toml")
     if (path / "state.pt").is_file():  # full state dicts: under FSDP every rank keeps just its shard of them
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         options = StateDictOptions(full_state_dict=True) if sharded else None

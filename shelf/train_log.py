@@ -41,7 +41,7 @@ class TrainLog:
         spec = gpu_spec(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         self.peak_flops = (train.gpu_peak_tflops or (spec[0] if spec else 0.0)) * 1e12 * world.size
         self.flops_token = modeling.flops_per_token(cfg.model, train.seq_len, head_fraction=train.mask_prob)
-        self.rows, self.losses, self.t_last, self.step_last = [], [], time.perf_counter(), step
+        self.rows, self.losses, self.t_last, self.step_last, self.plotted = [], [], time.perf_counter(), step, -1
         self.bar = tqdm(total=train.max_steps, initial=step, desc="pretrain", unit="step", disable=not self.enabled,
                         dynamic_ncols=True)
         if not self.enabled:
@@ -89,8 +89,13 @@ class TrainLog:
         self._write(f"step {step:,}: validation loss {loss:.4f}, masked-token accuracy {acc:.2%} "
                     f"(most frequent token: {const_acc:.2%})", step=step, tokens=step * self.tokens_step,
                     val_loss=f"{loss:.8g}", val_acc=f"{acc:.6f}", val_const_acc=f"{const_acc:.6f}")
-        if self.enabled:
+        self.plot()
+
+    def plot(self) -> None:
+        """loss.png from the rows so far, unless it already shows them all."""
+        if self.enabled and len(self.rows) != self.plotted:
             plot_losses(self.rows, self.out / "loss.png")
+            self.plotted = len(self.rows)
 
     @contextlib.contextmanager
     def paused(self):
@@ -112,4 +117,4 @@ class TrainLog:
         self.bar.close()
         if self.enabled:
             self.file.close()
-            plot_losses(self.rows, self.out / "loss.png")
+        self.plot()

@@ -418,3 +418,25 @@ def test_real_dna_beats_the_most_frequent_token(shared_data, tmp_path):
     model.load_state_dict(weights)  # the contract with 04: a plain, complete, fp32 MaskedLM state dict
     assert all(v.dtype == torch.float32 for v in weights.values())
     assert (run_dir / "config.toml").is_file() and (run_dir / "final" / "config.toml").is_file()
+
+
+def test_resume_with_another_model_shape_is_one_line_not_a_traceback(tmp_path):
+    """The [model] saved with a checkpoint is compared before any weight is loaded (a shape mismatch
+    used to end in set_state_dict's traceback)."""
+    from shelf.checkpoint import load_checkpoint, save_checkpoint
+    from shelf.config import PretrainConfig
+    from shelf.distributed import World
+    from shelf.errors import UserError
+    small = ModelConfig(vocab_size=16, hidden_size=32, num_layers=1, num_heads=2, ffn_size=64, max_seq_len=16)
+    wide = ModelConfig(vocab_size=16, hidden_size=64, num_layers=1, num_heads=2, ffn_size=64, max_seq_len=16)
+    net = MaskedLM(small)
+    opt = pretrain.configure_optimizer(net, PretrainConfig(), torch.device("cpu"))
+    extra = {"step": 2, "data": {"epoch": 0, "index": 0}, "config": {"model": vars(small).copy()}}
+    path = save_checkpoint(tmp_path / "checkpoints", 2, net, opt, extra, World(), sharded=False, keep=3)
+    other = MaskedLM(wide)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(UserError, match="another \\[model\\] config"):
+        load_checkpoint(path, other, pretrain.configure_optimizer(other, PretrainConfig(), torch.device("cpu")),
+                        World(), sharded=False, model_config=vars(wide).copy())
+    assert all(torch.equal(other.state_dict()[k], before[k]) for k in before)  # nothing was touched
+    assert load_checkpoint(path, net, opt, World(), sharded=False, model_config=vars(small).copy())["step"] == 2
