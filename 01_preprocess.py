@@ -73,18 +73,26 @@ def list_genomes(p, seed: np.random.SeedSequence) -> list[Genome]:
     return [Genome(name, src, md5, split) for (name, (src, md5)), split in zip(rows.items(), splits)]
 
 
+CHECKSUM_LISTS = ("md5checksums.txt", "md5sum.txt")  # NCBI's beside each assembly, UCSC's in each folder
+
+
 def checksum_beside(url: str) -> str | None:
-    """NCBI publishes `md5checksums.txt` beside each assembly, lines `<md5>  ./<file name>`."""
+    """The file's md5 from the first checksum list beside it that names it: NCBI's `md5checksums.txt`
+    (lines `<md5>  ./<file name>`) or UCSC's `md5sum.txt` (lines `<md5>  <file name>`); None if neither does."""
     base, name = url.rstrip("/").rsplit("/", 1)
-    md5_url = f"{base}/md5checksums.txt"
-    try:
-        with urllib.request.urlopen(md5_url, timeout=60) as r:
-            lines = r.read().decode("ascii", errors="replace").splitlines()
-    except OSError as e:  # urllib's URLError and HTTPError are OSErrors
-        if getattr(e, "code", None) == 404:
-            return None
-        raise UserError(f"{md5_url}: {getattr(e, 'reason', e)} (give the checksum in preprocess.md5 to skip this)")
-    return next((f[0] for f in map(str.split, lines) if f[1:] in ([name], [f"./{name}"])), None)
+    for listing in CHECKSUM_LISTS:
+        md5_url = f"{base}/{listing}"
+        try:
+            with urllib.request.urlopen(md5_url, timeout=60) as r:
+                lines = r.read().decode("ascii", errors="replace").splitlines()
+        except OSError as e:  # urllib's URLError and HTTPError are OSErrors
+            if getattr(e, "code", None) == 404:
+                continue
+            raise UserError(f"{md5_url}: {getattr(e, 'reason', e)} (give the checksum in preprocess.md5 to skip this)")
+        md5 = next((f[0] for f in map(str.split, lines) if f[1:] in ([name], [f"./{name}"])), None)
+        if md5:
+            return md5
+    return None
 
 
 def local_file(src: str, md5: str, download_dir: str, run_dir: Path) -> Path:

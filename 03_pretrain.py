@@ -148,11 +148,20 @@ class Data(NamedTuple):
     val: BlockStream
     eval_ids: np.ndarray  # the fixed validation subset (block ids), a multiple of world_size long
     masker: Masker
+    log_freq: torch.Tensor  # (V,) log of each token's frequency in train: the unigram baseline's prediction
+
+
+def token_log_freq(stream: BlockStream, vocab_size: int, device) -> torch.Tensor:
+    """(V,) log-frequencies of the tokens of (the first 10^8 of) a token file, add-half smoothed."""
+    counts = np.bincount(stream.blocks.reshape(-1)[:100_000_000], minlength=vocab_size)[:vocab_size] + 0.5
+    return torch.from_numpy(np.log(counts / counts.sum())).to(device)
 
 
 @torch.no_grad()
-def evaluate(model, data: Data, rows_per_rank: int, world: World, autocast) -> tuple[float, float, float]:
-    """-> (MLM loss, masked-token accuracy, most-frequent-token accuracy) on the fixed validation subset and masks."""
+def evaluate(model, data: Data, rows_per_rank: int, world: World, autocast) -> tuple[float, float, float, float]:
+    """-> (MLM loss, masked-token accuracy, most-frequent-token accuracy, unigram loss) on the fixed validation
+    subset and masks. The unigram loss is what a model that knows only the train tokens' frequencies would score:
+    the loss has to go below it to show that the model learned something from the context."""
     model.eval()
     device, vocab_size, chunk = data.masker.device, len(data.masker.is_special), rows_per_rank * world.size
     stats = torch.zeros(3 + vocab_size, dtype=torch.float64, device=device)  # loss sum, correct, targets, histogram
@@ -169,8 +178,9 @@ def evaluate(model, data: Data, rows_per_rank: int, world: World, autocast) -> t
     if world.is_distributed:
         dist.all_reduce(stats)
     model.train()
-    n = max(stats[2].item(), 1.0)
-    return stats[0].item() / n, stats[1].item() / n, stats[3:].max().item() / n
+    n, histogram = max(stats[2].item(), 1.0), stats[3:]
+    unigram = -(histogram * data.log_freq).sum().item() / n
+    return stats[0].item() / n, stats[1].item() / n, histogram.max().item() / n, unigram
 
 
 # ---- the pipeline's steps, in the order main() runs them ---------------------------------------------
@@ -188,7 +198,7 @@ def load_data(cfg: Config, world: World) -> Data:
     eval_ids = np.random.default_rng([seed, 2]).permutation(val.n_blocks)[:n_eval]
     masker = Masker(cfg.model.vocab_size, tokenizer.get_vocab_size(with_added_tokens=True), special.all, special.mask,
                     pretrain.mask_prob, world.device)
-    return Data(train, val, eval_ids, masker)
+    return Data(train, val, eval_ids, masker, token_log_freq(train, len(masker.is_special), world.device))
 
 
 def build_model(cfg: Config, world: World):

@@ -4,13 +4,19 @@ Step 04: fine-tune on the Nucleotide Transformer (NT) benchmark and build the ta
     python 04_finetune_nt.py --config configs/demo.toml               # synthetic demo tasks, CPU, minutes
     python 04_finetune_nt.py                                          # tinydnabert: 18 tasks x 2 inits x 3 seeds
     python 04_finetune_nt.py --finetune.tasks=[promoter_all,enhancers] --finetune.num_seeds=1
+    python 04_finetune_nt.py --config configs/demo.toml --finetune.train_sizes=[64,256,0]   # label efficiency
     python 04_finetune_nt.py --finetune.benchmark=local --finetune.data_dir=my_tasks --finetune.inits=[scratch]
     python 04_finetune_nt.py --dry-run                                # fetch and check the data, print the plan
     torchrun --nproc_per_node=2 04_finetune_nt.py                     # the ranks share out the runs
 
-A run per task, init ("pretrained": 03's final/model.pt, or "scratch") and seed: TinyDNABERT's recipe on a
-stratified 90/10 train/validation split, the best validation-MCC weights scoring the WHOLE test split. Out:
-finetune/<task>/<init>/seed-<k>/metrics.json (finished runs are skipped), results.{csv,md}, mcc.png.
+A run per task, init ("pretrained": 03's final/model.pt, or "scratch"), label budget (finetune.train_sizes,
+0 = all labels) and seed: a seeded stratified 90/10 train/validation split, the budget's stratified subset of
+the train rows, then
+  - a linear probe: logistic regression on the frozen encoder's features, before any training (for scratch,
+    a seeded random encoder of the same shape: what pretraining adds before fine-tuning);
+  - TinyDNABERT's fine-tuning recipe, the best validation-MCC weights scoring the WHOLE test split.
+Out: finetune/<task>/<init>/labels-<all|N>/seed-<k>/metrics.json (finished runs are skipped), results.csv,
+results.md, mcc.png (all labels) and, with more than one budget, mcc_vs_labels.png.
 """
 
 import hashlib
@@ -20,12 +26,16 @@ import zlib
 from collections import namedtuple
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from functools import partial
+from itertools import product
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from model import SequenceClassifier, configure_optimizer, lr_at
@@ -124,21 +134,78 @@ def collate(ids: list[list[int]], rows, pad_id: int) -> tuple[torch.Tensor, torc
 
 
 @torch.no_grad()
-def predict(model, ids: list[list[int]], pad_id: int, batch_size: int, device: str, amp: dict) -> np.ndarray:
-    """The predicted class of EVERY sequence, in order (the last batch may be short: nothing dropped)."""
+def in_batches(model, fn, ids: list[list[int]], rows=None, *, pad_id: int, batch_size: int, device: str, amp: dict):
+    """fn(model, x, mask) of EVERY one of `rows` (None: of ids), in order, stacked into one numpy array; in eval
+    mode (no dropout). The last batch may be short: nothing is dropped."""
     model.eval()
-    preds = []
-    for start in range(0, len(ids), batch_size):
-        x, mask = collate(ids, range(start, min(start + batch_size, len(ids))), pad_id)
+    rows = range(len(ids)) if rows is None else rows
+    out = []
+    for start in range(0, len(rows), batch_size):
+        x, mask = collate(ids, rows[start:start + batch_size], pad_id)
         with torch.autocast(**amp):
-            preds.append(model(x.to(device), mask.to(device))[0].argmax(-1).cpu().numpy())
+            out.append(fn(model, x.to(device), mask.to(device)).cpu().numpy())
     model.train()
-    return np.concatenate(preds)
+    return np.concatenate(out)
+
+
+def predicted_class(model, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return model(x, mask)[0].argmax(-1)  # (B, T) -> (B,)
+
+
+def pooled(model, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The probe's features: the final hidden states' mean over the real (non-pad) tokens, beside the first
+    token's (<s>, what the classification head reads). (B, T) -> (B, 2C)"""
+    h, m = model.encoder(x, mask).float(), mask.unsqueeze(-1).float()  # (B, T, C), (B, T, 1)
+    return torch.cat([(h * m).sum(1) / m.sum(1), h[:, 0]], dim=-1)
+
+
+PROBE_CS = (0.01, 0.1, 1.0)  # inverse L2 strengths tried, smallest first: a tie keeps the stronger penalty
+
+
+def linear_probe(batched, data: TaskData, train_rows: np.ndarray, val_rows: np.ndarray) -> dict:
+    """What the frozen encoder knows before fine-tuning: a logistic regression on its features, its C picked
+    by validation MCC; then the whole test split scored once."""
+    features = [batched(pooled, data.train_x, train_rows), batched(pooled, data.train_x, val_rows),
+                batched(pooled, data.test_x)]  # (N, 2C) each
+    scale = StandardScaler().fit(features[0])  # every feature to mean 0, s.d. 1 on the train rows
+    x_train, x_val, x_test = (scale.transform(f) for f in features)
+    fits = [LogisticRegression(C=c, max_iter=2000).fit(x_train, data.train_y[train_rows]) for c in PROBE_CS]
+    val_mccs = [matthews_corrcoef(data.train_y[val_rows], fit.predict(x_val)) for fit in fits]
+    best = int(np.argmax(val_mccs))  # the first of the best: the smallest C
+    return {"probe_val_mcc": float(val_mccs[best]), "probe_C": PROBE_CS[best],
+            "probe_test_mcc": float(matthews_corrcoef(data.test_y, fits[best].predict(x_test)))}
+
+
+def label_subset(rows: np.ndarray, labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """`size` of `rows` (0, or size >= len(rows): all), stratified by class, seeded and nested. Each class's rows
+    are dealt out in a seeded order, its j-th of n at place j/n in [0, 1); sorted by place, the classes take
+    turns in proportion (their first rows first: every class is in once size >= the number of classes). A
+    budget is a prefix of that one order, so for one seed the 64 rows are among the 256."""
+    if size == 0 or size >= len(rows):
+        return rows
+    rng, y = np.random.default_rng(seed), labels[rows]
+    dealt = [rng.permutation(rows[y == c]) for c in np.unique(y)]
+    place = np.concatenate([np.arange(len(d)) / len(d) for d in dealt])
+    return np.sort(np.concatenate(dealt)[np.argsort(place, kind="stable")[:size]])  # stable: ties by class
+
+
+def split_rows(data: TaskData, val_fraction: float, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> (train rows, validation rows): a seeded stratified validation split of train.fna, the same for every
+    budget and both inits, then `size` labels of the rest (0 = all of them) to train on."""
+    try:
+        train_rows, val_rows = train_test_split(np.arange(len(data.train_y)), test_size=val_fraction,
+                                                random_state=seed, stratify=data.train_y)
+    except ValueError as e:
+        raise UserError(f"{data.folder / 'train.fna'}: cannot make a stratified validation split ({e})")
+    if 0 < size < data.classes:
+        raise UserError(f"finetune.train_sizes: {size} label(s) cannot cover the {data.classes} classes of "
+                        f"{data.folder.name}")
+    return label_subset(train_rows, data.train_y, size, seed), val_rows
 
 
 def run_seed(base_seed: int, task: str, k: int) -> int:
-    """One seed per (task, seed index), shared by both inits so pretrained vs scratch is a paired
-    comparison: same validation split, same head init, same batch order."""
+    """One seed per (task, seed index), shared by both inits and every budget so pretrained vs scratch is a
+    paired comparison: same validation split, same training labels, same head init, same batch order."""
     return (base_seed * 1_000_003 + zlib.crc32(task.encode()) + 7919 * k) % (2**31 - 1)
 
 
@@ -146,9 +213,18 @@ def run_seed(base_seed: int, task: str, k: int) -> int:
 class Run:
     task: str
     init: str  # "pretrained" | "scratch"
+    train_size: int  # label budget: training rows (0 = all)
     seed: int  # seed index k
     config_hash: str  # of all that decides the result; metrics.json records it
-    dir: Path  # finetune/<task>/<init>/seed-<k>
+    root: Path  # <out_dir>/finetune
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.init}/labels-{self.train_size or 'all'}/seed-{self.seed}"
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.name
 
     def is_done(self) -> bool:
         try:
@@ -158,15 +234,11 @@ class Run:
 
 
 def finetune_one(cfg, run: Run, data: TaskData, pad_id: int, weights, device: str, bar: str | None) -> dict:
-    """Fine-tune one run; its best validation weights score the test split. -> its metrics."""
+    """Probe, then fine-tune one run; its best validation weights score the test split. -> its metrics."""
     ft, seed, t0 = cfg.finetune, run_seed(cfg.run.seed, run.task, run.seed), time.time()
     bf16 = ft.precision == "bf16" or (ft.precision == "auto" and device.startswith("cuda"))
     amp = {"device_type": device.split(":")[0], "dtype": torch.bfloat16, "enabled": bf16}  # torch.autocast's
-    try:  # seeded stratified train/validation split
-        train_rows, val_rows = train_test_split(np.arange(len(data.train_y)), test_size=ft.val_fraction,
-                                                random_state=seed, stratify=data.train_y)
-    except ValueError as e:
-        raise UserError(f"{data.folder / 'train.fna'}: cannot make a stratified validation split ({e})")
+    train_rows, val_rows = split_rows(data, ft.val_fraction, run.train_size, seed)
     torch.manual_seed(seed)  # the same seed draws the same head (and, for scratch, the same encoder)
     model = SequenceClassifier(cfg.model, data.classes, ft.classifier_dropout)
     if run.init == "pretrained":
@@ -175,6 +247,8 @@ def finetune_one(cfg, run: Run, data: TaskData, pad_id: int, weights, device: st
         except (RuntimeError, ValueError) as e:
             raise UserError(f"pretrained weights do not fit the [model] config ({str(e).splitlines()[0][:200]})")
     model.to(device)
+    batched = partial(in_batches, model, pad_id=pad_id, batch_size=2 * ft.batch_size, device=device, amp=amp)
+    probe = linear_probe(batched, data, train_rows, val_rows) if ft.probe else {}  # before any training
     optimizer = configure_optimizer(model, ft, device)  # AdamW, no decay on biases and norms (as 03)
 
     rng = np.random.default_rng(seed)
@@ -198,7 +272,7 @@ def finetune_one(cfg, run: Run, data: TaskData, pad_id: int, weights, device: st
         optimizer.step()
         losses.append(loss.item())
         if (step + 1) % ft.eval_interval == 0 or step + 1 == ft.max_steps:  # validation MCC; keep the best
-            val_pred = predict(model, [data.train_x[i] for i in val_rows], pad_id, 2 * ft.batch_size, device, amp)
+            val_pred = batched(predicted_class, data.train_x, val_rows)
             val_mcc = float(matthews_corrcoef(data.train_y[val_rows], val_pred))
             loss_avg, losses = sum(losses) / len(losses), []
             history.append({"step": step + 1, "train_loss": round(loss_avg, 5), "val_mcc": round(val_mcc, 5)})
@@ -207,12 +281,13 @@ def finetune_one(cfg, run: Run, data: TaskData, pad_id: int, weights, device: st
                 best_mcc, best_step = val_mcc, step + 1
                 best_state = {n: t.detach().to("cpu", copy=True) for n, t in model.state_dict().items()}
     model.load_state_dict(best_state)
-    test_pred = predict(model, data.test_x, pad_id, 2 * ft.batch_size, device, amp)
+    test_pred = batched(predicted_class, data.test_x)
     binary = data.classes == 2  # F1 of class 1 (every binary NT task's positive class), else macro F1
     test_f1 = f1_score(data.test_y, test_pred, average="binary" if binary else "macro",
                        labels=None if binary else list(range(data.classes)), zero_division=0)
-    return {"task": run.task, "init": run.init, "seed": run.seed, "run_seed": seed, "config_hash": run.config_hash,
-            "best_step": best_step, "val_mcc": best_mcc, "test_mcc": float(matthews_corrcoef(data.test_y, test_pred)),
+    return {"task": run.task, "init": run.init, "train_size": run.train_size, "seed": run.seed, "run_seed": seed,
+            "config_hash": run.config_hash, "best_step": best_step, "val_mcc": best_mcc,
+            "test_mcc": float(matthews_corrcoef(data.test_y, test_pred)), **probe,
             "test_accuracy": float(accuracy_score(data.test_y, test_pred)), "test_f1": float(test_f1),
             "n_test": len(test_pred), "n_train": len(train_rows), "n_val": len(val_rows), "classes": data.classes,
             "seconds": round(time.time() - t0, 1), "history": history}
@@ -274,24 +349,23 @@ def load_tokenizer_and_weights(cfg):
 def plan_runs(cfg, tasks: list[str], data_root: Path, hashes: dict, world) -> tuple[list[Run], list[Run]]:
     """-> all runs and those to do: those without a metrics.json of the same hash of all that decides a result."""
     ft = cfg.finetune
-    recipe = {k: v for k, v in asdict(ft).items()
-              if k not in ("benchmark", "base_url", "revision", "data_dir", "pretrained", "tasks", "inits", "num_seeds")}
+    recipe = {k: v for k, v in asdict(ft).items() if k not in (
+        "benchmark", "base_url", "revision", "data_dir", "pretrained", "tasks", "inits", "train_sizes", "num_seeds")}
     runs = []
-    for task in tasks:
+    for task in tasks:  # task first: a rank loads each task's data once
         files = {split: data_root / task / f"{split}.fna" for split in ("train", "test")}
         if missing := [path for path in files.values() if not path.is_file()]:
             raise UserError(f"{missing[0]}: task file not found")
         data = {split: file_hash(path) for split, path in files.items()}
-        for init in ft.inits:
-            for k in range(ft.num_seeds):
-                ident = {"recipe": recipe, "model": asdict(cfg.model), "seed": cfg.run.seed, "task": task, "init": init,
-                         "k": k, "tokenizer": hashes["tokenizer"], "data": data,
-                         "weights": hashes["weights"] if init == "pretrained" else None}
-                run_hash = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-                runs.append(Run(task, init, k, run_hash, cfg.out_dir / "finetune" / task / init / f"seed-{k}"))
+        for init, size, k in product(ft.inits, ft.train_sizes, range(ft.num_seeds)):
+            ident = {"recipe": recipe, "model": asdict(cfg.model), "seed": cfg.run.seed, "task": task, "init": init,
+                     "train_size": size, "k": k, "tokenizer": hashes["tokenizer"], "data": data,
+                     "weights": hashes["weights"] if init == "pretrained" else None}
+            run_hash = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+            runs.append(Run(task, init, size, k, run_hash, cfg.out_dir / "finetune"))
     todo = [run for run in runs if not run.is_done()]
-    print0(f"{len(runs):,} runs ({len(tasks)} tasks x {len(ft.inits)} inits x {ft.num_seeds} seeds): "
-           f"{len(runs) - len(todo):,} finished (skipped), {len(todo):,} to do"
+    print0(f"{len(runs):,} runs ({len(tasks)} tasks x {len(ft.inits)} inits x {len(ft.train_sizes)} label budgets x "
+           f"{ft.num_seeds} seeds): {len(runs) - len(todo):,} finished (skipped), {len(todo):,} to do"
            + (f", shared by {world.size} ranks" if world.is_distributed else ""))
     return runs, todo
 
@@ -307,11 +381,12 @@ def finetune_runs(cfg, runs: list[Run], data_root: Path, infos: dict, tok, pad_i
                 print(f"{rank}warning: {run.task}: {n_train:,} of {len(data.train_y):,} train and {n_test:,} of "
                       f"{len(data.test_y):,} test sequences are longer than model.max_seq_len = {max_len} tokens "
                       "and were truncated", flush=True)
-        bar = f"{run.task}/{run.init}/seed-{run.seed} ({n}/{len(runs)})" if world.is_main else None
-        m = finetune_one(cfg, run, data, pad_id, weights, world.device, bar)
+        m = finetune_one(cfg, run, data, pad_id, weights, world.device,
+                         bar=f"{run.name} ({n}/{len(runs)})" if world.is_main else None)
         write_json(run.dir / "metrics.json", {**m, "truncated": {"train": n_train, "test": n_test}})
-        print(f"{rank}{run.task:<24} {run.init:<10} seed {run.seed}: best step {m['best_step']:,}  val MCC "
-              f"{m['val_mcc']:.4f}  test MCC {m['test_mcc']:.4f}  ({m['n_test']:,} test sequences, "
+        probe = f"  probe test MCC {m['probe_test_mcc']:.4f}" if "probe_test_mcc" in m else ""
+        print(f"{rank}{run.name:<48} {m['n_train']:>7,} labels: best step {m['best_step']:,}  val MCC "
+              f"{m['val_mcc']:.4f}  test MCC {m['test_mcc']:.4f}{probe}  ({m['n_test']:,} test sequences, "
               f"{m['seconds']:.0f} s)", flush=True)
 
 
@@ -337,7 +412,7 @@ def main():
     wait_for_all_ranks()
     if world.is_main:
         rows = [json.loads((run.dir / "metrics.json").read_text()) for run in runs]
-        write_results(cfg.out_dir / "finetune", rows, tasks, infos, cfg.finetune.inits)
+        write_results(cfg.out_dir / "finetune", rows, tasks, infos, cfg.finetune.benchmark)
     teardown_distributed()
 
 

@@ -52,7 +52,7 @@ class PreprocessConfig:
         "https://ftp.ncbi.nlm.nih.gov/genomes/all/GCF/000/001/405/GCF_000001405.40_GRCh38.p14/"
         "GCF_000001405.40_GRCh38.p14_genomic.fna.gz"
     ])
-    md5: list[str] = field(default_factory=list)  # one per source; empty = NCBI's md5checksums.txt beside the URL
+    md5: list[str] = field(default_factory=list)  # one per source; empty = md5checksums.txt (NCBI) or md5sum.txt (UCSC) beside the URL
     manifest: str = ""  # a file listing many genomes (1B/7B presets); split train/val/test by genome
     download_dir: str = "data/downloads"  # shared cache: a verified download is never fetched twice
     min_len: int = 256  # segment lengths are drawn uniformly from [min_len, max_len], both inclusive
@@ -145,7 +145,9 @@ class FinetuneConfig:
     pretrained: str = ""  # MaskedLM state_dict for init "pretrained"; "" = <run.out_dir>/final/model.pt
     tasks: list[str] = field(default_factory=list)  # empty = every task of the benchmark
     inits: list[str] = field(default_factory=lambda: ["pretrained", "scratch"])
-    num_seeds: int = 3  # runs per (task, init); each seed also draws its own validation split
+    num_seeds: int = 3  # runs per (task, init, train size); each seed also draws its own validation split
+    train_sizes: list[int] = field(default_factory=lambda: [0])  # label budgets: training labels per run (0 = all)
+    probe: bool = True  # also a linear probe on the frozen encoder (pretrained or random), before fine-tuning
     batch_size: int = 64
     max_steps: int = 5000
     warmup_steps: int = 500  # linear warm-up, then linear decay to 0 at max_steps
@@ -169,6 +171,10 @@ class FinetuneConfig:
               "expected a non-empty list of pretrained, scratch")
         for key in ("num_seeds", "batch_size", "max_steps", "eval_interval"):
             check(key, getattr(self, key) >= 1, "must be at least 1")
+        check("train_sizes", bool(self.train_sizes) and min(self.train_sizes) >= 0,
+              "expected a non-empty list of label budgets >= 0 (0 = all training labels)")
+        check("train_sizes", len(set(self.train_sizes)) == len(self.train_sizes),
+              "expected each budget once (no duplicates)")
         check("val_fraction", 0 < self.val_fraction < 1, "must be in (0, 1)")
         check("classifier_dropout", 0 <= self.classifier_dropout < 1, "must be in [0, 1)")
         check("precision", self.precision in PRECISIONS, "expected 'auto', 'fp32' or 'bf16'")

@@ -35,8 +35,9 @@ def plot_lengths(edges: list[int], counts: list[int], path: Path) -> None:
     save_png(fig, path, dpi=120)
 
 
-def plot_losses(rows: list[dict], path: Path) -> None:
-    """03's loss.png from pretrain_log.csv's rows: MLM loss (train, validation), masked-token accuracy."""
+def plot_losses(rows: list[dict], path: Path, unigram: float | None = None) -> None:
+    """03's loss.png from pretrain_log.csv's rows: MLM loss (train, validation), masked-token accuracy; `unigram`:
+    the loss of always predicting the token frequencies, the floor a model must get below to have learned context."""
     train = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") not in ("", None)]
     val = [(int(r["step"]), float(r["val_loss"]), float(r["val_acc"])) for r in rows
            if r.get("val_loss") not in ("", None)]
@@ -48,6 +49,8 @@ def plot_losses(rows: list[dict], path: Path) -> None:
         ax_acc.plot([v[0] for v in val], [v[2] for v in val], "o-", color="C1", label="validation")
         const = [float(r["val_const_acc"]) for r in rows if r.get("val_const_acc") not in ("", None)]
         ax_acc.axhline(const[-1], color="grey", ls="--", label="most frequent token")
+    if unigram is not None:
+        ax.axhline(unigram, color="grey", ls="--", label="unigram (token frequencies)")
     ax.set(xlabel="step", ylabel="MLM loss (nats)", title="masked-LM loss")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="masked-token accuracy")
     for a in (ax, ax_acc):
@@ -57,25 +60,50 @@ def plot_losses(rows: list[dict], path: Path) -> None:
     save_png(fig, path, dpi=110)
 
 
-def plot_mcc(path: Path, tasks, infos, inits, ours, ref) -> None:
+# one colour per init (blue: pretrained, light: scratch or random), fine-tuned solid, probe dashed
+COLORS = {"fine-tuned scratch": "#6baed6", "fine-tuned pretrained": "#08519c", "probe: random encoder": "#6baed6",
+          "probe: pretrained": "#08519c", "TinyDNABERT scratch": "#fdae6b", "TinyDNABERT": "#e6550d",
+          "NT SOTA": "#636363"}
 
-    series = [(f"ours {i}", [ours[(t, i)] for t in tasks], c) for i, c in (("scratch", "#9ecae1"), ("pretrained", "#08519c"))
-              if i in inits]
-    for col, label, c in (("tinydnabert_scratch", "TinyDNABERT scratch", "#fdae6b"),
-                          ("tinydnabert", "TinyDNABERT", "#e6550d"), ("nt_sota", "NT SOTA", "#636363")):
-        if any(t in ref for t in tasks):
-            series.append((label, [(float(ref[t][col]), None) if t in ref else (float("nan"), None) for t in tasks], c))
+
+def plot_mcc(path: Path, tasks: list[str], series: dict[str, list]) -> None:
+    """mcc.png: grouped bars of test MCC per task; `series`: label -> per task (mean, s.d.), a published number,
+    or None (not run: no bar). A series with nothing in it is left out."""
+    series = {label: [v if isinstance(v, tuple) else (np.nan if v is None else v, None) for v in vals]
+              for label, vals in series.items() if any(v is not None for v in vals)}
     x = np.arange(len(tasks))
     w = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(tasks) + 2), 4.5))
-    for j, (label, vals, c) in enumerate(series):
+    for j, (label, vals) in enumerate(series.items()):
         sds = [v[1] for v in vals]  # error bars on our bars only: the published figures are single numbers
-        ax.bar(x + (j - (len(series) - 1) / 2) * w, [v[0] for v in vals], w, label=label, color=c,
+        ax.bar(x + (j - (len(series) - 1) / 2) * w, [v[0] for v in vals], w, label=label, color=COLORS.get(label),
                yerr=None if all(sd is None for sd in sds) else [sd or 0 for sd in sds], capsize=2,
                error_kw={"elinewidth": 0.8})
-    ax.set_xticks(x, [infos[t].display for t in tasks], rotation=45, ha="right")
+    ax.set_xticks(x, tasks, rotation=45, ha="right")
     ax.set_ylabel("test MCC (error bar: s.d. over seeds)")
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
     ax.axhline(0, color="k", lw=0.5)
     ax.legend(fontsize=8, ncol=min(5, len(series)), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     save_png(fig, path, dpi=120, bbox_inches="tight")
+
+
+def plot_mcc_vs_labels(path: Path, panels: dict[str, dict[str, list[tuple[int, list[float]]]]]) -> None:
+    """mcc_vs_labels.png: a panel per task, test MCC against the number of training labels (log scale).
+    `panels`: task -> label -> [(labels, test MCC of each seed)]: fine-tuned lines are the mean with
+    ± s.d. error bars and a dot per seed; probes are dashed mean lines."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4), squeeze=False)
+    for ax, (task, lines) in zip(axes[0], panels.items()):
+        for label, points in lines.items():
+            x, runs = [p[0] for p in points], [np.array(p[1]) for p in points]
+            sd = [r.std(ddof=1) if len(r) > 1 else 0.0 for r in runs]
+            probe = label.startswith("probe")
+            ax.errorbar(x, [r.mean() for r in runs], yerr=None if probe else sd, color=COLORS[label],
+                        ls="--" if probe else "-", marker="" if probe else "o", capsize=3, label=label)
+            if not probe:  # every seed, a dot
+                ax.scatter(np.repeat(x, [len(r) for r in runs]), np.concatenate(runs), s=12, alpha=0.5,
+                           color=COLORS[label])
+        ax.set(xscale="log", xlabel="training labels (log scale)", ylabel="test MCC", title=task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path, dpi=110)

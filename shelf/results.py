@@ -1,17 +1,28 @@
-"""04's tables: results.csv (one row per run) and results.md (per task, beside the published figures)."""
+"""04's outputs from the runs' metrics: results.csv (one row per run), results.md (test MCC per task: with all
+training labels beside the published figures, then per label budget) and the plots."""
 
 from __future__ import annotations
 
 import csv
 import math
+from collections import defaultdict
 from pathlib import Path
 
 from shelf.config import PROJECT_ROOT
 from shelf.distributed import print0
 from shelf.files import atomic_write
-from shelf.plots import plot_mcc
+from shelf.plots import plot_mcc, plot_mcc_vs_labels
 
 REFERENCE_CSV = PROJECT_ROOT / "configs" / "reference_mcc.csv"  # published MCC: NT SOTA, TinyDNABERT
+CSV_COLUMNS = ["task", "init", "train_size", "n_train", "seed", "best_step", "val_mcc", "test_mcc", "probe_test_mcc",
+               "test_accuracy", "test_f1", "n_test"]
+TITLES = {"demo": "Synthetic demo tasks", "local": "Local tasks", "revised": "NT benchmark (revised)",
+          "original": "NT benchmark (original)"}
+# the tables' columns: ours per init, fine-tuned and probed (the scratch init's probe reads a random encoder),
+# then the published figures (REFERENCE_CSV's columns)
+FINETUNED = {"scratch": "fine-tuned scratch", "pretrained": "fine-tuned pretrained"}
+PROBED = {"scratch": "probe: random encoder", "pretrained": "probe: pretrained"}
+PUBLISHED = {"tinydnabert_scratch": "TinyDNABERT scratch", "tinydnabert": "TinyDNABERT", "nt_sota": "NT SOTA"}
 
 
 def read_commented_csv(path: Path) -> list[dict]:
@@ -26,77 +37,149 @@ def mean_sd(xs: list[float]) -> tuple[float, float | None]:
     return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None)
 
 
-def write_results(out: Path, rows: list[dict], tasks: list[str], infos: dict, inits: list[str]) -> None:
-    # results.csv: one row per run, in plan order (task, init, seed): a rerun rewrites the same file
-    cols = ["task", "init", "seed", "best_step", "val_mcc", "test_mcc", "test_accuracy", "test_f1", "n_test"]
-    lines = [",".join(cols)]
-    for r in rows:
-        lines.append(",".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
-    with atomic_write(out / "results.csv") as f:
+def over_seeds(runs: list[dict], col: str) -> tuple[float, float | None] | None:
+    """mean ± s.d. of `col` over the runs that have it; None where none has (init not run, probe off)."""
+    xs = [r[col] for r in runs if r.get(col) is not None]
+    return mean_sd(xs) if xs else None
+
+
+def fmt(ms) -> str:
+    """(mean, s.d.) -> '0.620 ± 0.020'; a single number -> '0.620'; None -> '–'."""
+    if ms is None:
+        return "–"
+    m, sd = ms if isinstance(ms, tuple) else (ms, None)
+    return f"{m:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+
+
+def md_table(header: list[str], body: list[list[str]]) -> list[str]:
+    """A markdown table. A column with nothing in it ('–' in every row: probe off, init not run, no published
+    figures) is left out."""
+    keep = [j for j in range(len(header)) if any(row[j] != "–" for row in body)]
+    return ["| " + " | ".join(row[j] for j in keep) + " |" for row in [header, ["---"] * len(header), *body]]
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """One row per run, in plan order (task, init, train size, seed): a rerun rewrites the same file."""
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v)  # noqa: E731
+    lines = [",".join(CSV_COLUMNS)] + [",".join(cell(r.get(c)) for c in CSV_COLUMNS) for r in rows]
+    with atomic_write(path) as f:
         f.write("\n".join(lines) + "\n")
 
-    ref = {r["task"]: r for r in read_commented_csv(REFERENCE_CSV)}
-    ours = {(t, i): mean_sd([r["test_mcc"] for r in rows if r["task"] == t and r["init"] == i])
-            for t in tasks for i in inits}
 
-    def fmt(ms):
-        if ms is None:
-            return "–"
-        m, sd = ms
-        return f"{m:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+def at_all_labels(runs: dict, tasks: list[str], size: int, ref: dict) -> dict[str, dict]:
+    """The columns of table 1: header -> {task: (mean, s.d.) or None}, at label budget `size`."""
+    cols = {FINETUNED[i]: {t: over_seeds(runs[t, i, size], "test_mcc") for t in tasks} for i in FINETUNED}
+    cols |= {PROBED[i]: {t: over_seeds(runs[t, i, size], "probe_test_mcc") for t in tasks} for i in PROBED}
+    return cols | {PUBLISHED[c]: {t: float(ref[t][c]) if t in ref else None for t in tasks} for c in PUBLISHED}
 
-    def fref(t, col):
-        return f"{float(ref[t][col]):.3f}" if t in ref else "–"
 
-    n_seeds = len({r["seed"] for r in rows})
-    md = ["# NT benchmark: test MCC",
-          "",
-          f"Ours: mean ± s.d. over {n_seeds} seed(s) (each seed: its own stratified validation split, head init and "
-          "batch order; the best validation-MCC weights score the whole test split). TinyDNABERT: one run per task "
-          "(ForestsKing/TinyDNABERT). NT SOTA: best model per task in Dalla-Torre et al., Nature Methods 2024. "
-          "Published figures: configs/reference_mcc.csv.",
-          "",
-          "| task | ours scratch | ours pretrained | TinyDNABERT scratch | TinyDNABERT | NT SOTA |",
-          "|---|---|---|---|---|---|"]
-    for t in tasks:
-        md.append(f"| {infos[t].display} | {fmt(ours.get((t, 'scratch')))} | {fmt(ours.get((t, 'pretrained')))} | "
-                  f"{fref(t, 'tinydnabert_scratch')} | {fref(t, 'tinydnabert')} | {fref(t, 'nt_sota')} |")
+def column_mean(values) -> float | None:
+    means = [v[0] if isinstance(v, tuple) else v for v in values if v is not None]
+    return sum(means) / len(means) if means else None
 
-    def col_mean(vals):
-        vals = [v for v in vals if v is not None]
-        return sum(vals) / len(vals) if vals else None
 
-    mean = {i: col_mean([ours[(t, i)][0] for t in tasks if (t, i) in ours]) for i in inits}
-    ref_tasks = [t for t in tasks if t in ref]
-    rmean = {c: col_mean([float(ref[t][c]) for t in ref_tasks]) for c in ("tinydnabert_scratch", "tinydnabert", "nt_sota")}
+def headline_ratios(cols: dict[str, dict], ref_tasks: list[str]) -> list[str]:
+    """The two ratios TinyDNABERT reports, ours and theirs over the same tasks (those with published figures)."""
+    mean = {name: column_mean(col[t] for t in ref_tasks) for name, col in cols.items()}
 
-    def f3(x):
-        return "–" if x is None else f"{x:.3f}"
-
-    md.append(f"| **mean** | {f3(mean.get('scratch'))} | {f3(mean.get('pretrained'))} | {f3(rmean['tinydnabert_scratch'])} "
-              f"| {f3(rmean['tinydnabert'])} | {f3(rmean['nt_sota'])} |")
-
-    # the two headline ratios TinyDNABERT reports, for ours and theirs over the same tasks
     def ratio(a, b):
-        return None if a is None or b is None or b == 0 else a / b
+        return None if a is None or not b else a / b
 
-    def pct(x, signed=False):
-        return "–" if x is None else (f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%")
+    def pct(x, gain=False):  # a ratio as a percentage; a gain is the ratio - 1, signed
+        return "–" if x is None else f"{100 * (x - 1):+.1f}%" if gain else f"{100 * x:.1f}%"
 
-    ours_ref = {i: col_mean([ours[(t, i)][0] for t in ref_tasks if (t, i) in ours]) for i in inits}
-    g_ours = ratio(ours_ref.get("pretrained"), ours_ref.get("scratch"))
-    g_tdb = ratio(rmean["tinydnabert"], rmean["tinydnabert_scratch"])
-    md += ["",
-           f"Headline ratios over the {len(ref_tasks)} task(s) with published figures"
-           + ("" if ref_tasks else " (none of the tasks run has published figures)") + ":",
-           "",
-           "| | gain of pretraining over scratch | share of NT SOTA |",
-           "|---|---|---|",
-           f"| ours | {pct(None if g_ours is None else g_ours - 1, True)} | {pct(ratio(ours_ref.get('pretrained'), rmean['nt_sota']))} |",
-           f"| TinyDNABERT | {pct(None if g_tdb is None else g_tdb - 1, True)} | {pct(ratio(rmean['tinydnabert'], rmean['nt_sota']))} |",
-           ""]
+    body = [[name, pct(ratio(mean[pre], mean[scratch]), gain=True), pct(ratio(mean[pre], mean["NT SOTA"]))]
+            for name, pre, scratch in (("ours", FINETUNED["pretrained"], FINETUNED["scratch"]),
+                                       ("TinyDNABERT", "TinyDNABERT", "TinyDNABERT scratch"))]
+    return [f"Headline ratios over the {len(ref_tasks)} task(s) with published figures:", "",
+            *md_table(["", "gain of pretraining over scratch", "share of NT SOTA"], body), ""]
+
+
+def label_efficiency(runs: dict, tasks: list[str], infos: dict, budgets: list[int]) -> list[str]:
+    """Table 2: per task and label budget, fine-tuned and probed, and the paired gain of pretraining."""
+    body = []
+    for t in tasks:
+        for b in budgets:
+            n = next(r["n_train"] for i in FINETUNED for r in runs[t, i, b])
+            paired = {r["seed"]: r["test_mcc"] for r in runs[t, "scratch", b]}  # same seed: same labels and split
+            gain = [r["test_mcc"] - paired[r["seed"]] for r in runs[t, "pretrained", b] if r["seed"] in paired]
+            body.append([infos[t].display, f"{n:,}" if b == n else f"all ({n:,})",
+                         *(fmt(over_seeds(runs[t, i, b], "test_mcc")) for i in FINETUNED),
+                         fmt(mean_sd(gain) if gain else None),
+                         *(fmt(over_seeds(runs[t, i, b], "probe_test_mcc")) for i in PROBED)])
+    return ["## Label efficiency: test MCC by number of training labels", "",
+            *md_table(["task", "labels", *FINETUNED.values(), "pretrained − scratch", *PROBED.values()], body), ""]
+
+
+def curves(runs: dict, task: str, budgets: list[int]) -> dict[str, list[tuple[int, list[float]]]]:
+    """mcc_vs_labels.png's lines for one task: header -> [(training labels, test MCC of each seed)] per budget."""
+    out = {}
+    for col, names in (("test_mcc", FINETUNED), ("probe_test_mcc", PROBED)):
+        for init, name in names.items():
+            points = [(rs[0]["n_train"], [r[col] for r in rs]) for b in budgets
+                      if (rs := [r for r in runs[task, init, b] if r.get(col) is not None])]
+            if points:
+                out[name] = points
+    return out
+
+
+def intro(benchmark: str, probed: bool, published: bool) -> list[str]:
+    """The title, what the numbers are and, for the demo, what they are not."""
+    return [f"# {TITLES[benchmark]}: test MCC", "",
+            *(["These are synthetic tasks (drawn from the demo genome's made-up grammar by shelf/demo_data.py), not "
+               "the NT benchmark: they show that the pipeline works end to end, not how good a model is on real DNA.",
+               ""] if benchmark == "demo" else []),
+            "Fine-tuned: encoder and classification head trained on the task; the best validation-MCC weights score "
+            "the whole test split. Cells: mean ± s.d. over seeds."
+            + (" Probe: before any training, a logistic regression on the frozen encoder's features (final hidden "
+               "states averaged over the real tokens, beside the first token's), its C picked by validation MCC; "
+               "the random encoder is the scratch init, untrained." if probed else "")
+            + (" TinyDNABERT: one run per task (ForestsKing/TinyDNABERT). NT SOTA: best model per task in "
+               "Dalla-Torre et al., Nature Methods 2024. Published figures: configs/reference_mcc.csv."
+               if published else ""), ""]
+
+
+def limits(rows: list[dict], budgets: list[int], probed: bool) -> str:
+    """The comparison's limits, in numbers: seeds, budgets, the validation split, the test split."""
+    def span(col):
+        v = sorted({r[col] for r in rows})
+        return f"{v[0]:,}" if len(v) == 1 else f"{v[0]:,}-{v[-1]:,}"
+
+    seeds = len({r["seed"] for r in rows})
+    picks = "the fine-tuned checkpoint" + (" and the probe's C" if probed else "")
+    return (f"Limits: {seeds} seed(s) per cell, so the ± is a rough guide (none with one seed); label budgets "
+            f"{', '.join(f'{b:,}' if b else 'all' for b in budgets)}. Per task, each seed's validation split "
+            f"({span('n_val')} sequences) is the same for every budget and both inits (a paired comparison) and is "
+            f"used only to pick {picks}; each run scores the whole test split ({span('n_test')} sequences) once, "
+            "and nothing is chosen on it.")
+
+
+def write_results(out: Path, rows: list[dict], tasks: list[str], infos: dict, benchmark: str) -> None:
+    """results.csv, results.md, mcc.png and (more than one budget) mcc_vs_labels.png from the runs' metrics."""
+    write_csv(out / "results.csv", rows)
+    runs = defaultdict(list)  # (task, init, train size) -> its runs, one per seed
+    for r in rows:
+        runs[r["task"], r["init"], r["train_size"]].append(r)
+    budgets = sorted({r["train_size"] for r in rows}, key=lambda b: b or math.inf)  # 0 (all labels) last
+    ref = {r["task"]: r for r in read_commented_csv(REFERENCE_CSV)}
+    ref_tasks = [t for t in tasks if t in ref]
+    cols = at_all_labels(runs, tasks, budgets[-1], ref)
+    heading = "all training labels" if budgets[-1] == 0 else f"{budgets[-1]:,} training labels (the largest budget)"
+    table1 = [f"## Test MCC with {heading}", "",
+              *md_table(["task", *cols], [[infos[t].display, *(fmt(col[t]) for col in cols.values())] for t in tasks]
+                        + [["**mean**", *(fmt(column_mean(col.values())) for col in cols.values())]]), ""]
+    ratios = headline_ratios(cols, ref_tasks) if ref_tasks else []  # no published figures: no ratios
+    table2 = label_efficiency(runs, tasks, infos, budgets) if len(budgets) > 1 else []
+    probed = any(r.get("probe_test_mcc") is not None for r in rows)
+    note = [limits(rows, budgets, probed), ""]
     with atomic_write(out / "results.md") as f:
-        f.write("\n".join(md))
-    print0("\n".join(md[4:]))
-    plot_mcc(out / "mcc.png", tasks, infos, inits, ours, ref)
-    print0(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'mcc.png'}")
+        f.write("\n".join(intro(benchmark, probed, bool(ref_tasks)) + table1 + ratios + table2 + note))
+    plots = [out / "mcc.png"]
+    plot_mcc(plots[0], [infos[t].display for t in tasks],
+             {h: [cols[h][t] for t in tasks] for h in (*FINETUNED.values(), *PUBLISHED.values())})
+    if len(budgets) > 1:
+        plots.append(out / "mcc_vs_labels.png")
+        plot_mcc_vs_labels(plots[1], {infos[t].display: curves(runs, t, budgets) for t in tasks})
+    print0(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {', '.join(str(p) for p in plots)}\n")
+    print0("\n".join(ratios + note + table1 + table2))  # the run ends with the label-efficiency table
+

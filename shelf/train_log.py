@@ -23,7 +23,7 @@ from shelf.files import atomic_write
 from shelf.plots import plot_losses
 
 COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "mem_gb",
-           "val_loss", "val_acc", "val_const_acc"]
+           "val_loss", "val_acc", "val_const_acc", "val_unigram_loss"]
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -85,16 +85,18 @@ class TrainLog:
                     grad_norm=f"{grad_norm:.6g}", tokens_per_s=f"{tok_s:.0f}", mfu="" if mfu is None else f"{mfu:.4f}",
                     mem_gb=f"{mem:.2f}")
 
-    def val_row(self, step: int, loss: float, acc: float, const_acc: float) -> None:
-        self._write(f"step {step:,}: validation loss {loss:.4f}, masked-token accuracy {acc:.2%} "
-                    f"(most frequent token: {const_acc:.2%})", step=step, tokens=step * self.tokens_step,
-                    val_loss=f"{loss:.8g}", val_acc=f"{acc:.6f}", val_const_acc=f"{const_acc:.6f}")
+    def val_row(self, step: int, loss: float, acc: float, const_acc: float, unigram: float) -> None:
+        self._write(f"step {step:,}: validation loss {loss:.4f} (unigram: {unigram:.4f}), masked-token accuracy "
+                    f"{acc:.2%} (most frequent token: {const_acc:.2%})", step=step, tokens=step * self.tokens_step,
+                    val_loss=f"{loss:.8g}", val_acc=f"{acc:.6f}", val_const_acc=f"{const_acc:.6f}",
+                    val_unigram_loss=f"{unigram:.8g}")
         self.plot()
 
     def plot(self) -> None:
         """loss.png from the rows so far, unless it already shows them all."""
         if self.enabled and len(self.rows) != self.plotted:
-            plot_losses(self.rows, self.out / "loss.png")
+            unigram = [float(r["val_unigram_loss"]) for r in self.rows if r.get("val_unigram_loss") not in ("", None)]
+            plot_losses(self.rows, self.out / "loss.png", unigram=unigram[-1] if unigram else None)
             self.plotted = len(self.rows)
 
     @contextlib.contextmanager

@@ -63,7 +63,8 @@ def test_demo_pipeline_end_to_end(tmp_path):
 
     # 04: both demo tasks, pretrained vs scratch, one seed: the table, the CSV and the plot
     _step("04_finetune_nt.py", out, f"--finetune.data_dir={tmp_path / 'nt_tasks'}", "--finetune.num_seeds=1",
-          "--finetune.max_steps=30", "--finetune.warmup_steps=3", "--finetune.eval_interval=15")
+          "--finetune.train_sizes=[0]", "--finetune.max_steps=30", "--finetune.warmup_steps=3",
+          "--finetune.eval_interval=15")
     results_md = (out / "finetune" / "results.md").read_text()
     with open(out / "finetune" / "results.csv") as f:
         results = list(csv.DictReader(f))

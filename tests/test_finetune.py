@@ -1,5 +1,6 @@
-"""04_finetune_nt.py: NT task loading, whole-test-split scoring, rerun/resume, download, torchrun,
-and a real task (promoter_core) fine-tuned from scratch on CPU.
+"""04_finetune_nt.py: NT task loading, label budgets (stratified, nested, seeded subsets), the linear probe,
+whole-test-split scoring, rerun/resume, download, torchrun, and a real task (promoter_core) fine-tuned from
+scratch on CPU.
 
 Tokenizers and pretrained weights are made here (a char-level tokenizer, a BPE trained on the task,
 a seeded MaskedLM state_dict), so these tests do not depend on running 01-03 first.
@@ -15,13 +16,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from shelf.errors import UserError
+from shelf.config import load_config
+from shelf.errors import ConfigError, UserError
 from shelf.results import REFERENCE_CSV
 from conftest import ROOT, load_script, run_script
-from model import MaskedLM, ModelConfig
+from model import MaskedLM, ModelConfig, SequenceClassifier
 
 ft = load_script("04_finetune_nt.py")
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -156,12 +159,61 @@ def test_reference_table_is_shipped_with_its_means():
 
 
 # -----------------------------------------------------------------------------
+# label budgets and the probe's features
+
+
+def test_label_subsets_are_stratified_nested_seeded_and_outside_validation():
+    labels = np.array([0] * 500 + [1] * 300 + [2] * 200)  # class shares 50 / 30 / 20%
+    data = ft.TaskData(Path("task"), ["ACGT"] * 1000, labels, [], np.array([]), classes=3)
+    train, val = ft.split_rows(data, 0.1, 0, seed=7)  # 0: all the training labels
+    assert len(train) + len(val) == 1000 and len(val) == 100
+    subsets = {}
+    for size in (3, 64, 256):
+        subsets[size], same_val = ft.split_rows(data, 0.1, size, seed=7)
+        assert np.array_equal(same_val, val)  # one validation split for every budget
+        rows = subsets[size]
+        assert len(rows) == len(set(rows)) == size and set(rows) <= set(train) and not set(rows) & set(val)
+        proportional = size * np.bincount(labels[train]) / len(train)
+        assert np.all(np.abs(np.bincount(labels[rows], minlength=3) - proportional) <= 1), size  # stratified
+        assert set(labels[rows]) == {0, 1, 2}  # every class, once the budget has room for it
+    assert set(subsets[3]) <= set(subsets[64]) <= set(subsets[256])  # nested
+    assert np.array_equal(ft.label_subset(train, labels, 64, seed=7), subsets[64])  # seeded: same seed, same rows
+    assert not np.array_equal(ft.label_subset(train, labels, 64, seed=8), subsets[64])  # another seed, others
+    for size in (0, 900, 5000):  # 0, or a budget >= the rows there: all of them
+        assert ft.label_subset(train, labels, size, seed=7) is train
+    with pytest.raises(UserError, match="finetune.train_sizes: 2 label"):
+        ft.split_rows(data, 0.1, 2, seed=7)  # fewer labels than classes
+
+
+def test_bad_train_sizes_exit_2_with_one_line():
+    r = run_script("04_finetune_nt.py", "--config", str(ROOT / "configs/demo.toml"), "--finetune.train_sizes=[8,-1]")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "finetune.train_sizes = [8, -1]" in lines[0] and ">= 0" in lines[0]
+    for sizes, what in (("[64,64]", "each budget once"), ("[]", "non-empty")):
+        with pytest.raises(ConfigError, match=rf"finetune\.train_sizes = .*{what}"):
+            load_config(["--config", str(ROOT / "configs/demo.toml"), f"--finetune.train_sizes={sizes}"])
+
+
+def test_probe_features_ignore_padding():
+    torch.manual_seed(0)
+    model = SequenceClassifier(TINY_CFG, 2).eval()
+    ids = [[2, 5, 6, 7, 3], [2, 8, 5, 6, 7, 8, 5, 3]]  # the first row gets 3 pads in a batch with the second
+    x, mask = ft.collate(ids, [0, 1], pad_id=0)
+    with torch.no_grad():
+        alone, together = ft.pooled(model, *ft.collate(ids, [0], pad_id=0)), ft.pooled(model, x, mask)
+    assert together.shape == (2, 2 * TINY_CFG.hidden_size)  # mean over real tokens, beside the first token's
+    torch.testing.assert_close(together[0], alone[0])
+
+
+# -----------------------------------------------------------------------------
 # end to end: every test example scored, rerun skips finished runs, torchrun gives the same table
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """Both inits x 2 seeds on a 120/37 task (37 = not a multiple of the batch size 8 nor of 16)."""
+    """Both inits x 2 label budgets (8, all) x 2 seeds on a 120/37 task (37 = not a multiple of the batch size
+    8 nor of 16), each run probed before it is fine-tuned."""
     tmp = tmp_path_factory.mktemp("tiny")
     write_task(tmp / "tasks" / "motif", 120, 37)
     # one train sequence longer than max_seq_len=40 tokens: truncated, with a warning
@@ -175,10 +227,16 @@ def tiny_run(tmp_path_factory):
     args = ["--config", str(ROOT / "configs/demo.toml"), *TINY, "--finetune.benchmark=local",
             f"--finetune.data_dir={tmp / 'tasks'}", "--finetune.tasks=[motif]", "--finetune.num_seeds=2",
             "--finetune.batch_size=8", "--finetune.max_steps=12", "--finetune.warmup_steps=2",
-            "--finetune.eval_interval=4", "--finetune.lr=3e-3"]
+            "--finetune.eval_interval=4", "--finetune.lr=3e-3", "--finetune.train_sizes=[8,0]"]
     r = run_script("04_finetune_nt.py", *args, f"--run.out_dir={run}", env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     return tmp, run, args, r
+
+
+def metrics(run: Path, row: dict) -> dict:
+    labels = "all" if row["train_size"] == "0" else row["train_size"]
+    return json.loads((run / "finetune" / row["task"] / row["init"] / f"labels-{labels}" / f"seed-{row['seed']}" /
+                       "metrics.json").read_text())
 
 
 def test_every_test_example_is_scored_once(tiny_run):
@@ -186,36 +244,55 @@ def test_every_test_example_is_scored_once(tiny_run):
     n_records = records(tmp / "tasks" / "motif" / "test.fna")
     assert n_records == 37
     rows = read_csv(run / "finetune" / "results.csv")
-    assert [(x["init"], x["seed"]) for x in rows] == [("pretrained", "0"), ("pretrained", "1"), ("scratch", "0"), ("scratch", "1")]
+    assert [(x["init"], x["train_size"], x["seed"]) for x in rows] == [
+        (init, size, k) for init in ("pretrained", "scratch") for size in ("8", "0") for k in ("0", "1")]
     assert all(int(x["n_test"]) == n_records for x in rows)
     for x in rows:
-        m = json.loads((run / "finetune" / "motif" / x["init"] / f"seed-{x['seed']}" / "metrics.json").read_text())
-        assert m["n_test"] == n_records and m["n_train"] + m["n_val"] == 121
+        m = metrics(run, x)
+        assert m["n_test"] == n_records and m["n_train"] == (8 if m["train_size"] == 8 else 121 - m["n_val"])
         assert m["best_step"] in (4, 8, 12) and -1 <= m["test_mcc"] <= 1
     assert "1 of 121 train and 0 of 37 test sequences are longer than model.max_seq_len = 40" in r.stdout
     md = (run / "finetune" / "results.md").read_text()
-    assert "| motif |" in md and "| **mean** |" in md and "share of NT SOTA" in md
+    assert md.startswith("# Local tasks: test MCC") and "| motif |" in md and "| **mean** |" in md
+    assert "Headline ratios" not in md and "NT SOTA" not in md  # a local task has no published figures
     assert (run / "finetune" / "mcc.png").stat().st_size > 1000
     # both inits of one seed share the validation split: a paired comparison
-    a = json.loads((run / "finetune/motif/pretrained/seed-0/metrics.json").read_text())
-    b = json.loads((run / "finetune/motif/scratch/seed-0/metrics.json").read_text())
+    a, b = (metrics(run, {"task": "motif", "init": init, "train_size": "0", "seed": "0"})
+            for init in ("pretrained", "scratch"))
     assert a["run_seed"] == b["run_seed"] and a["n_val"] == b["n_val"]
+
+
+def test_label_budgets_and_probe_end_to_end(tiny_run):
+    tmp, run, _, r = tiny_run
+    rows = read_csv(run / "finetune" / "results.csv")
+    for x in rows:  # the probe: fitted on the run's train rows, C by validation MCC, the WHOLE test split scored
+        m = metrics(run, x)
+        assert x["probe_test_mcc"] == f"{m['probe_test_mcc']:.4f}" and -1 <= m["probe_val_mcc"] <= 1
+        assert m["probe_C"] in ft.PROBE_CS and m["n_test"] == 37
+    md = (run / "finetune" / "results.md").read_text()
+    n_all = metrics(run, rows[-1])["n_train"]  # the last run: scratch, all labels
+    assert "## Label efficiency" in md and "| motif | 8 |" in md and f"| motif | all ({n_all}) |" in md
+    assert "probe: random encoder" in md and "pretrained − scratch" in md
+    assert "Limits: 2 seed(s)" in md and "label budgets 8, all" in md
+    assert (run / "finetune" / "mcc_vs_labels.png").stat().st_size > 1000
+    assert r.stdout.rstrip().splitlines()[-1].startswith("| motif | all (")  # the run ends with the table
 
 
 def test_rerun_skips_finished_runs_and_gives_the_same_results(tiny_run):
     tmp, run, args, _ = tiny_run
     before = (run / "finetune" / "results.csv").read_bytes()
-    redo = run / "finetune" / "motif" / "scratch" / "seed-1" / "metrics.json"
-    kept = run / "finetune" / "motif" / "pretrained" / "seed-0" / "metrics.json"
+    redo = run / "finetune" / "motif" / "scratch" / "labels-8" / "seed-1" / "metrics.json"
+    kept = run / "finetune" / "motif" / "pretrained" / "labels-all" / "seed-0" / "metrics.json"
     old = json.loads(redo.read_text())
     kept_mtime = kept.stat().st_mtime_ns
     redo.unlink()  # as if the process had been killed during this run (metrics.json is written last, atomically)
     r = run_script("04_finetune_nt.py", *args, f"--run.out_dir={run}", env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "3 finished (skipped), 1 to do" in r.stdout
+    assert "7 finished (skipped), 1 to do" in r.stdout
     assert kept.stat().st_mtime_ns == kept_mtime  # not redone
     new = json.loads(redo.read_text())
     assert new["test_mcc"] == old["test_mcc"] and new["history"] == old["history"]  # deterministic
+    assert new["probe_test_mcc"] == old["probe_test_mcc"] and new["probe_C"] == old["probe_C"]
     assert (run / "finetune" / "results.csv").read_bytes() == before
 
 
@@ -287,9 +364,9 @@ def test_promoter_core_from_scratch_reaches_mcc_045(tmp_path, shared_data):
                    "--model.vocab_size=256", "--model.pad_token_id=1", "--model.hidden_size=128",
                    "--model.num_layers=2", "--model.num_heads=4", "--model.ffn_size=512", "--model.max_seq_len=128",
                    "--finetune.benchmark=local", f"--finetune.data_dir={shared_data / 'tasks'}",
-                   "--finetune.tasks=[promoter_core]", "--finetune.inits=[scratch]", "--finetune.num_seeds=1",
+                   "--finetune.tasks=[promoter_core]", "--finetune.inits=[scratch]", "--finetune.num_seeds=1", "--finetune.train_sizes=[0]",
                    "--finetune.batch_size=32", "--finetune.max_steps=500", "--finetune.warmup_steps=50",
-                   "--finetune.lr=1e-3", "--finetune.eval_interval=100", env=ENV)
+                   "--finetune.lr=1e-3", "--finetune.eval_interval=100", "--finetune.probe=false", env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     (row,) = read_csv(run / "finetune" / "results.csv")
     print(f"promoter_core from scratch: test MCC {row['test_mcc']} (best step {row['best_step']})")
@@ -300,10 +377,11 @@ def test_promoter_core_from_scratch_reaches_mcc_045(tmp_path, shared_data):
 def test_results_table_puts_ours_beside_the_published_figures(tmp_path):
     tasks = ["promoter_tata", "splice_sites_all"]
     infos = ft.task_table("revised")
-    rows = [{"task": t, "init": i, "seed": k, "best_step": 200, "val_mcc": 0.5, "test_accuracy": 0.8, "test_f1": 0.8,
-             "n_test": infos[t].test, "test_mcc": {"scratch": 0.4, "pretrained": 0.6}[i] + 0.02 * k}
-            for t in tasks for i in ("pretrained", "scratch") for k in range(3)]
-    ft.write_results(tmp_path, rows, tasks, infos, ["pretrained", "scratch"])
+    rows = [{"task": t, "init": i, "train_size": 0, "n_train": 900, "n_val": 100, "seed": k, "best_step": 200,
+             "val_mcc": 0.5, "test_accuracy": 0.8, "test_f1": 0.8, "n_test": infos[t].test,
+             "test_mcc": {"scratch": 0.4, "pretrained": 0.6}[i] + 0.02 * k}
+            for t in tasks for i in ("pretrained", "scratch") for k in range(3)]  # probe off: no probe columns
+    ft.write_results(tmp_path, rows, tasks, infos, "revised")
     md = (tmp_path / "results.md").read_text()
     # ours: mean ± sample s.d. over the 3 seeds; then TinyDNABERT scratch, TinyDNABERT, NT SOTA as published
     assert "| Promoters(TATA) | 0.420 ± 0.020 | 0.620 ± 0.020 | 0.628 | 0.780 | 0.940 |" in md
@@ -312,5 +390,9 @@ def test_results_table_puts_ours_beside_the_published_figures(tmp_path):
     assert "| ours | +47.6% | 65.3% |" in md
     assert "| TinyDNABERT | +41.2% | 84.2% |" in md
     lines = (tmp_path / "results.csv").read_text().splitlines()
-    assert lines[0] == "task,init,seed,best_step,val_mcc,test_mcc,test_accuracy,test_f1,n_test" and len(lines) == 13
-    assert (tmp_path / "mcc.png").stat().st_size > 1000
+    assert md.startswith("# NT benchmark (revised): test MCC") and "probe" not in md  # probe off
+    assert "| task | fine-tuned scratch | fine-tuned pretrained | TinyDNABERT scratch | TinyDNABERT | NT SOTA |" in md
+    assert lines[0] == ("task,init,train_size,n_train,seed,best_step,val_mcc,test_mcc,probe_test_mcc,test_accuracy,"
+                        "test_f1,n_test") and len(lines) == 13
+    assert lines[1] == "promoter_tata,pretrained,0,900,0,200,0.5000,0.6000,,0.8000,0.8000,212"
+    assert (tmp_path / "mcc.png").stat().st_size > 1000 and not (tmp_path / "mcc_vs_labels.png").exists()
