@@ -4,113 +4,45 @@ Step 1: from genomes (FASTA files or URLs, or a manifest of many genomes) to tra
     python 01_preprocess.py                                # tinydnabert: GRCh38.p14 from NCBI (~1 GB download)
     python 01_preprocess.py --config configs/demo.toml     # a synthetic genome made here, offline, seconds
     python 01_preprocess.py --preprocess.sources='["my.fa.gz", "https://host/other.fna.gz"]' --run.out_dir=out/mine
-    python 01_preprocess.py --config configs/agront_1b.toml  # many genomes from a manifest, split by genome
+    python 01_preprocess.py --config configs/dnafm_7b.toml --dry-run   # NT's genome list: sizes, disk, time
+    python 01_preprocess.py --config configs/dnafm_7b.toml --preprocess.max_genomes=2  # a trial, 2 per split
 
 Each genome (a path or URL, plain or gzip; "demo"; or a manifest's: list_genomes) is streamed; any
 non-ACGT character (N, IUPAC codes) ends a stretch of bases, as a record's end does; stretches are cut
 into seeded random lengths (the exact rule: Segmenter); each segment goes to val.txt with probability
 val_fraction, else to train.txt (a manifest splits by genome instead). Writes <run.out_dir>/segments/:
 train.txt, val.txt (+ test.txt), one upper-case ACGT segment a line; stats.json, segment_lengths.png, config.toml.
+
+Sources are all fetched first, then written to temp files renamed into place at the end: a failed run
+leaves earlier outputs untouched. A manifest (dnafm_7b: NT's ~850 genomes, 174 Gbp; see --dry-run) is
+streamed genome by genome instead: download, verify, segment, append, at most keep_downloads downloads
+on disk. Its split files are appended in place, segments/ledger.json naming each finished genome and
+the files' sizes after it: temp files could only be renamed at the end of a days-long run, so a kill
+would lose every genome done; instead a rerun cuts off a half-appended genome and goes on at the next,
+output identical to an uninterrupted run. stats.json is written last: without it, a run is unfinished.
 """
 
+import dataclasses
+import json
+import os
 import sys
 import time
-import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from contextlib import ExitStack
 from itertools import compress, pairwise
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 from shelf.config import load_config, save_config
-from shelf.demo_data import write_demo_genome
 from shelf.errors import UserError, run_main
 from shelf.fasta import fasta_pieces
-from shelf.files import atomic_write, download, is_verified, write_json
+from shelf.files import NotFound, atomic_write, prepare_dir, write_json
+from shelf.genomes import Genome, list_genomes, local_file, open_ledger, print_plan
 from shelf.plots import plot_lengths
 
-COUNTS = ("records", "empty_records", "bp_read", "n_bp", "other_bp")  # per genome, summed in stats.json
-
-
-class Genome(NamedTuple):
-    name: str
-    source: str  # a path, an http(s) URL or "demo"
-    md5: str  # "" = look it up beside the URL
-    split: str  # "train" / "val" / "test" for a manifest split by genome; "" = by segment into train/val
-
-
-def list_genomes(p, seed: np.random.SeedSequence) -> list[Genome]:
-    """One genome per source; or the manifest's, one per line `name <TAB> url or path <TAB> md5 (optional)`
-    (the 1B/7B presets' configs/genomes_*.tsv are not shipped: write them), split by genome, seeded:
-    round(test_genomes * n) to test, round(val_genomes * n) to val (>= 1 if the share is > 0), the rest train."""
-    if not p.manifest:
-        md5s = p.md5 or [""] * len(p.sources)
-        return [Genome(Path(src.rstrip("/")).name or src, src, md5, "") for src, md5 in zip(p.sources, md5s)]
-    path = Path(p.manifest)
-    if not path.is_file():
-        raise UserError(f"{path}: manifest not found; write it: one 'name<TAB>url or path<TAB>md5 (optional)' a line")
-    rows = {}  # name -> (source, md5)
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        fields = [f.strip() for f in line.split("\t")]
-        if len(fields) not in (2, 3) or not all(fields[:2]) or fields[0] in rows:
-            raise UserError(f"{path}:{line_no}: expected 'name<TAB>url or path<TAB>md5 (optional)' with a name "
-                            f"not used before, got {line[:80]!r}")
-        name, src, md5 = (fields + [""])[:3]
-        if "://" not in src and src != "demo" and not Path(src).is_absolute():
-            src = str(path.parent / src)  # relative to the manifest
-        rows[name] = (src, md5)
-    n = len(rows)
-    n_test, n_val = (max(1, round(share * n)) if share > 0 else 0 for share in (p.test_genomes, p.val_genomes))
-    if n - n_test - n_val < 1:
-        raise UserError(f"{path}: {n} genomes cannot give {n_test} test, {n_val} validation and 1 train genome", 2)
-    place = np.argsort(np.random.default_rng(seed).permutation(n))  # place[i]: genome i's place in the shuffle
-    splits = ["test" if k < n_test else "val" if k < n_test + n_val else "train" if n_val else "" for k in place]
-    return [Genome(name, src, md5, split) for (name, (src, md5)), split in zip(rows.items(), splits)]
-
-
-CHECKSUM_LISTS = ("md5checksums.txt", "md5sum.txt")  # NCBI's beside each assembly, UCSC's in each folder
-
-
-def checksum_beside(url: str) -> str | None:
-    """The file's md5 from the first checksum list beside it that names it: NCBI's `md5checksums.txt`
-    (lines `<md5>  ./<file name>`) or UCSC's `md5sum.txt` (lines `<md5>  <file name>`); None if neither does."""
-    base, name = url.rstrip("/").rsplit("/", 1)
-    for listing in CHECKSUM_LISTS:
-        md5_url = f"{base}/{listing}"
-        try:
-            with urllib.request.urlopen(md5_url, timeout=60) as r:
-                lines = r.read().decode("ascii", errors="replace").splitlines()
-        except OSError as e:  # urllib's URLError and HTTPError are OSErrors
-            if getattr(e, "code", None) == 404:
-                continue
-            raise UserError(f"{md5_url}: {getattr(e, 'reason', e)} (give the checksum in preprocess.md5 to skip this)")
-        md5 = next((f[0] for f in map(str.split, lines) if f[1:] in ([name], [f"./{name}"])), None)
-        if md5:
-            return md5
-    return None
-
-
-def local_file(src: str, md5: str, download_dir: str, run_dir: Path) -> Path:
-    """A local FASTA path for a source: the file itself, a verified download, or the demo genome."""
-    if src == "demo":
-        return write_demo_genome(run_dir / "genome" / "demo.fa")
-    if src.startswith(("http://", "https://")):
-        dest = Path(download_dir) / src.rstrip("/").rsplit("/", 1)[-1]
-        if md5 or is_verified(dest):
-            return download(src, dest, md5=md5)
-        md5 = checksum_beside(src)  # fetched only when a check is needed
-        download(src, dest, md5=md5)
-        if md5 is None:  # warned after the download: a failed one prints its error alone
-            print(f"warning: {src}: no md5 given or found beside it; only its length was checked", file=sys.stderr)
-        return dest
-    if not Path(src).is_file():
-        raise UserError(f"{src}: no such file" + (" (only http(s):// URLs can be downloaded)" if "://" in src else ""))
-    return Path(src)
+COUNTS = ("records", "empty_records", "bp_read", "n_bp", "other_bp", "bp_kept", "bp_dropped")  # per genome, summed
 
 
 class Draws:
@@ -201,7 +133,8 @@ class SplitWriter:
 
 def segment_file(path: Path, genome: Genome, segmenter: Segmenter, writer: SplitWriter) -> dict:
     """Stream one FASTA file through the segmenter into the split files; return its entry in stats.json."""
-    counts = Counter(dict.fromkeys(COUNTS, 0))  # in COUNTS order, for stats.json
+    counts, t0 = Counter(dict.fromkeys(COUNTS, 0)), time.perf_counter()  # in COUNTS order, for stats.json
+    kept, dropped, segments, bp = segmenter.bp_kept, segmenter.bp_dropped, dict(writer.segments), dict(writer.bp)
     with tqdm(total=path.stat().st_size, desc=genome.name, unit="B", unit_scale=True, leave=False, disable=None) as bar:
         for record, seq, other in fasta_pieces(path, bar):
             if record:  # a new record (empty until its first piece of sequence): the open stretch ends here
@@ -214,29 +147,110 @@ def segment_file(path: Path, genome: Genome, segmenter: Segmenter, writer: Split
             first_piece = False
             writer.write(segmenter.feed(seq.upper(), has_breaks=bool(other)), genome.split)
     writer.write(segmenter.end_stretch(), genome.split)
+    counts.update(bp_kept=segmenter.bp_kept - kept, bp_dropped=segmenter.bp_dropped - dropped)
     return {"name": genome.name, "source": genome.source, "file": str(path), "split": genome.split or "train+val",
-            **counts}
+            **counts, "segments": {s: n - segments[s] for s, n in writer.segments.items()},
+            "bp": {s: n - bp[s] for s, n in writer.bp.items()}, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def make_stats(cfg, per_genome: list[dict], segmenter: Segmenter, writer: SplitWriter, seconds: float) -> dict:
-    p, kept = cfg.preprocess, segmenter.bp_kept
+def check_segments(per_genome: list[dict], min_len: int) -> None:
+    if not any(sum(g["segments"].values()) for g in per_genome):
+        raise UserError(f"no segments: no A/C/G/T stretch of at least min_len={min_len:,} bp in "
+                        f"{', '.join(g['file'] for g in per_genome if g['file'])}")
+
+
+def segment_sources(cfg, genomes: list[Genome], out: Path, seeds) -> tuple[list[dict], np.ndarray]:
+    """Sources: every file first (a failed download cannot cost a parse), then one seeded stream through
+    them all into temp files, renamed over train.txt and val.txt only when every file went through."""
+    p = cfg.preprocess
+    paths = [local_file(g.source, g.md5, p.download_dir, cfg.out_dir) for g in genomes]
+    segmenter = Segmenter(p.min_len, p.max_len, np.random.default_rng(seeds[0]))
+    with ExitStack() as stack:  # any error deletes the temp files: earlier outputs stay untouched
+        files = {s: stack.enter_context(atomic_write(out / f"{s}.txt", "wb")) for s in ("train", "val")}
+        writer = SplitWriter(files, p.val_fraction, np.random.default_rng(seeds[1]))
+        per_genome = [segment_file(path, genome, segmenter, writer) for genome, path in zip(genomes, paths)]
+        check_segments(per_genome, p.min_len)
+    for stale in ("test.txt", "ledger.json"):  # from an earlier manifest run
+        (out / stale).unlink(missing_ok=True)
+    return per_genome, segmenter.length_counts
+
+
+def add_genome(cfg, genome: Genome, files: dict) -> dict:
+    """One genome of a manifest -> its stats.json entry, with its length counts and the split files' sizes
+    after it (synced). Its random streams derive from (seed, its row): a resumed run cuts as a whole one.
+    A genome the server no longer has (HTTP 404: NT's list predates withdrawals) is skipped and recorded."""
+    p = cfg.preprocess
+    try:
+        path = local_file(genome.source, genome.md5, p.download_dir, cfg.out_dir)
+    except NotFound as e:
+        print(f"warning: {e}: skipped, recorded in stats.json", file=sys.stderr)
+        zero = dict.fromkeys(files, 0)
+        return {"name": genome.name, "source": genome.source, "file": "", "split": genome.split or "train+val",
+                **dict.fromkeys(COUNTS, 0), "segments": zero, "bp": zero, "seconds": 0, "missing": str(e),
+                "sizes": {s: f.tell() for s, f in files.items()}, "length_counts": 0}
+    lengths_seed, split_seed = np.random.SeedSequence([cfg.run.seed, genome.index]).spawn(2)
+    segmenter = Segmenter(p.min_len, p.max_len, np.random.default_rng(lengths_seed))
+    entry = segment_file(path, genome, segmenter, SplitWriter(files, p.val_fraction, np.random.default_rng(split_seed)))
+    for f in files.values():  # on disk before the ledger says so
+        f.flush()
+        os.fsync(f.fileno())
+    return {**entry, "downloaded": "://" in genome.source,
+            "sizes": {s: f.tell() for s, f in files.items()}, "length_counts": segmenter.length_counts}
+
+
+def stream_genomes(cfg, genomes: list[Genome], out: Path, manifest_sha256: str) -> tuple[list[dict], np.ndarray]:
+    """A manifest, genome by genome: download -> verify -> segment -> append -> ledger, resuming where a
+    killed run stopped, with at most keep_downloads downloaded genomes on disk (the oldest go first)."""
+    p = cfg.preprocess
+    key = {**dataclasses.asdict(p), "download_dir": None, "keep_downloads": None, "seed": cfg.run.seed,
+           "manifest_sha256": manifest_sha256}  # what the segments depend on
+    splits = ["train", "val"] + (["test"] if any(g.split == "test" for g in genomes) else [])
+    ledger = open_ledger(out, json.loads(json.dumps(key)), splits, p.max_len)
+    done = ledger["genomes"]
+    on_disk = deque(Path(e["file"]) for e in done if e.get("downloaded") and Path(e["file"]).is_file())
+    with ExitStack() as stack, tqdm(total=len(genomes), initial=len(done), unit="genome", disable=None) as bar:
+        files = {s: stack.enter_context(open(out / f"{s}.txt", "ab")) for s in splits}
+        for genome in genomes[len(done):]:
+            while "://" in genome.source and p.keep_downloads and len(on_disk) >= p.keep_downloads:
+                old = on_disk.popleft()  # room for this one's download
+                for f in (old, old.with_name(old.name + ".md5")):
+                    f.unlink(missing_ok=True)
+            entry = add_genome(cfg, genome, files)
+            ledger["length_counts"] = (np.array(ledger["length_counts"]) + entry.pop("length_counts")).tolist()
+            on_disk.extend([Path(entry["file"])] if entry.get("downloaded") else [])
+            done.append(entry)
+            write_json(out / "ledger.json", ledger)
+            bar.update()
+            bar.set_postfix_str(f"{sum(e['bp_read'] for e in done) / 1e9:,.2f} Gbp read")
+    check_segments(done, p.min_len)
+    return done, np.array(ledger["length_counts"])
+
+
+def make_stats(cfg, per_genome: list[dict], length_counts: np.ndarray, manifest_sha256: str) -> dict:
+    p = cfg.preprocess
     width = max(1, (p.max_len - p.min_len + 1) // 24)  # 24 bins, the last one takes the odd lengths
     edges = (list(range(p.min_len, p.max_len + 1, width))[:25][:-1] or [p.min_len]) + [p.max_len + 1]
-    counts = [int(segmenter.length_counts[a:b].sum()) for a, b in zip(edges, edges[1:])]  # lengths in [a, b)
+    counts = [int(length_counts[a:b].sum()) for a, b in zip(edges, edges[1:])]  # lengths in [a, b)
+    segments, bp = ({s: sum(g[key][s] for g in per_genome) for s in per_genome[0][key]} for key in ("segments", "bp"))
     stats = {
-        **{k: sum(g[k] for g in per_genome) for k in COUNTS},
-        "bp_kept": kept, "bp_dropped": segmenter.bp_dropped, "segments": writer.segments, "bp": writer.bp,
-        "mean_length": kept / sum(writer.segments.values()), "length_histogram": {"bin_edges": edges, "counts": counts},
-        "min_len": p.min_len, "max_len": p.max_len, "val_fraction": p.val_fraction, "seed": cfg.run.seed,
-        "seconds": round(seconds, 2), "genomes": per_genome,
+        **{k: sum(g[k] for g in per_genome) for k in COUNTS}, "segments": segments, "bp": bp,
+        "mean_length": sum(bp.values()) / sum(segments.values()),
+        "length_histogram": {"bin_edges": edges, "counts": counts}, "min_len": p.min_len, "max_len": p.max_len,
+        "val_fraction": p.val_fraction, "seed": cfg.run.seed,
+        "seconds": round(sum(g["seconds"] for g in per_genome), 2),  # parsing; downloads not counted
+        **({"manifest": p.manifest, "manifest_sha256": manifest_sha256,
+            "genomes_missing": sum("missing" in g for g in per_genome)} if p.manifest else {}), "genomes": per_genome,
     }
-    assert kept + stats["bp_dropped"] + stats["n_bp"] + stats["other_bp"] == stats["bp_read"], stats  # each base once
+    assert stats["bp_kept"] + stats["bp_dropped"] + stats["n_bp"] + stats["other_bp"] == stats["bp_read"], stats
     return stats
 
 
 def print_summary(stats: dict, out: Path) -> None:
     bp_read, seconds, splits = stats["bp_read"], max(stats["seconds"], 0.01), stats["segments"]
     print(f"{stats['records']:,} records ({stats['empty_records']:,} empty) in {len(stats['genomes']):,} file(s)")
+    if missing := [g["name"] for g in stats["genomes"] if "missing" in g]:
+        print(f"{len(missing):,} genome(s) not on the server, skipped (see stats.json): {', '.join(missing[:5])}"
+              + (", ..." if len(missing) > 5 else ""))
     print(f"bp read {bp_read:>26,}  in {seconds:,.2f} s ({bp_read / 1e6 / seconds:,.0f} Mbp/s)")
     for label, key in [("N", "n_bp"), ("other non-ACGT", "other_bp"), ("kept in segments", "bp_kept"),
                        ("dropped (< min_len)", "bp_dropped")]:
@@ -247,30 +261,22 @@ def print_summary(stats: dict, out: Path) -> None:
 
 
 def main():
-    cfg, _ = load_config()
-    p = cfg.preprocess
-    out = cfg.out_dir / "segments"
+    cfg, flags = load_config(flags=("--dry-run",))
+    p, out = cfg.preprocess, cfg.out_dir / "segments"
     seeds = np.random.SeedSequence(cfg.run.seed).spawn(3)  # independent streams: lengths, split, genome split
-    genomes = list_genomes(p, seeds[2])
-    # every file first (download, or make the demo genome), so a failed download cannot cost a parse
-    paths = [local_file(g.source, g.md5, p.download_dir, cfg.out_dir) for g in genomes]
-    segmenter = Segmenter(p.min_len, p.max_len, np.random.default_rng(seeds[0]))
-    splits = ["train", "val"] + (["test"] if any(g.split == "test" for g in genomes) else [])
-    t0 = time.perf_counter()
-    with ExitStack() as stack:  # any error deletes the temp files: earlier outputs stay untouched
-        files = {s: stack.enter_context(atomic_write(out / f"{s}.txt", "wb")) for s in splits}
-        writer = SplitWriter(files, p.val_fraction, np.random.default_rng(seeds[1]))
-        per_genome = [segment_file(path, genome, segmenter, writer) for genome, path in zip(genomes, paths)]
-        if sum(writer.segments.values()) == 0:
-            raise UserError(f"no segments: no A/C/G/T stretch of at least min_len={p.min_len:,} bp in "
-                            f"{', '.join(map(str, paths))}")
-    if "test" not in splits:
-        (out / "test.txt").unlink(missing_ok=True)  # stale from an earlier manifest run
-    stats = make_stats(cfg, per_genome, segmenter, writer, time.perf_counter() - t0)
-    write_json(out / "stats.json", stats)
+    genomes, manifest_sha256 = list_genomes(p, seeds[2])
+    if "--dry-run" in flags:
+        return print_plan(cfg, genomes)
+    prepare_dir(out)  # one line if a file is in the way; removes the temp files of a killed run
+    if p.manifest:  # many genomes: one at a time, resumable
+        per_genome, length_counts = stream_genomes(cfg, genomes, out, manifest_sha256)
+    else:
+        per_genome, length_counts = segment_sources(cfg, genomes, out, seeds)
+    stats = make_stats(cfg, per_genome, length_counts, manifest_sha256)
     plot_lengths(stats["length_histogram"]["bin_edges"], stats["length_histogram"]["counts"],
                  out / "segment_lengths.png")
     save_config(cfg, out)
+    write_json(out / "stats.json", stats)  # last: with a manifest, it marks the run finished
     print_summary(stats, out)
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from shelf.config import load_config, save_config
 from shelf.errors import UserError, run_main
-from shelf.files import atomic_write, file_hash, write_json
+from shelf.files import atomic_write, file_hash, prepare_dir, write_json
 from shelf.tokens import load_tokenizer
 
 BPE_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4: RoBERTa's order, so pad = 1
@@ -93,14 +93,23 @@ def char_tokenizer() -> Tokenizer:
     return tok
 
 
+LETTERS = bytes(range(65, 91)) + bytes(range(97, 123))  # A-Z a-z: A/C/G/T, N and IUPAC codes, any case
+
+
 def read_batches(path: Path, batch_size: int, keep: np.ndarray | None = None) -> Iterator[list[str]]:
     """The segment file as lists of `batch_size` segments, streamed; with `keep` (a bool per line) only
-    the lines it marks. Blank lines (a trailing newline) are skipped."""
+    the lines it marks. Blank lines (a trailing newline) are skipped. Read as bytes, so lines end at
+    newlines only, as train_bpe counts them (text mode also splits at a stray CR); a byte that is not a
+    letter is an error naming its line."""
     batch: list[str] = []
-    with open(path, "r", encoding="ascii", errors="replace") as f:
-        for line in (line for i, line in enumerate(f) if keep is None or keep[i]):
-            if line := line.strip():
-                batch.append(line)
+    with open(path, "rb") as f:
+        for i, line in enumerate(f):
+            if (keep is not None and not keep[i]) or not (line := line.strip()):
+                continue
+            if bad := line.translate(None, LETTERS):
+                raise UserError(f"{path}:{i + 1}: byte {bad[0]:#04x} in a segment; expected letters only (A/C/G/T, "
+                                "N or IUPAC codes), one segment a line, as 01_preprocess.py writes")
+            batch.append(line.decode("ascii"))
             if len(batch) == batch_size:
                 yield batch
                 batch = []
@@ -161,7 +170,7 @@ def encode_split(tok: Tokenizer, src: Path, dst: Path, batch_size: int, unk_id: 
     n_tokens = n_segments = n_bp = n_unk = 0
     encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast (tokenizers >= 0.20.1): no offsets
     with atomic_write(dst, "wb") as out, tqdm(total=src.stat().st_size, unit="B", unit_scale=True,
-                                              desc=f"encode {src.name}") as bar:
+                                              desc=f"encode {src.name}", disable=None) as bar:
         for batch in read_batches(src, batch_size):
             ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encode_batch(batch)), dtype=np.uint16)
             out.write(ids.tobytes())
@@ -177,11 +186,15 @@ def encode_split(tok: Tokenizer, src: Path, dst: Path, batch_size: int, unk_id: 
 
 
 def find_segments(seg_dir: Path) -> Path:
+    if (seg_dir / "ledger.json").is_file() and not (seg_dir / "stats.json").is_file():  # 01 writes it last
+        raise UserError(f"{seg_dir}: 01_preprocess.py has not finished its genome list (ledger.json lists the "
+                        "genomes done); re-run it to go on")
     for name in ("train.txt", "val.txt"):
         if not (seg_dir / name).is_file():
             raise UserError(f"{seg_dir / name}: not found (run 01_preprocess.py with the same --config first)")
-    if (seg_dir / "train.txt").stat().st_size == 0:
-        raise UserError(f"{seg_dir / 'train.txt'}: no segments")
+        if (seg_dir / name).stat().st_size == 0:  # 03 could not validate (or train) on an empty split
+            raise UserError(f"{seg_dir / name}: no segments; 03 needs train and validation segments "
+                            "(see preprocess.val_fraction, val_genomes)")
     return seg_dir / "train.txt"
 
 
@@ -232,6 +245,7 @@ def main() -> None:
     cfg, _ = load_config()
     seg_dir, tok_dir, tok_path = cfg.out_dir / "segments", cfg.out_dir / "tokens", cfg.out_dir / "tokenizer.json"
     train_path = find_segments(seg_dir)
+    prepare_dir(tok_dir)  # removes the temp files of a killed run
 
     # 1. the tokenizer, saved, then read back exactly as 03 and 04 will read it
     t0 = time.time()

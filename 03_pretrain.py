@@ -7,11 +7,11 @@ FSDP2 under torchrun; checkpointed and resumable bit for bit.
     torchrun --nnodes=32 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$HOST:29500 \\
         03_pretrain.py --config configs/dnafm_7b.toml                # FSDP2 (its preset: parallel = "fsdp")
     python 03_pretrain.py --config configs/dnafm_7b.toml --dry-run   # memory plan, FLOPs, run time; no GPU needed
-    ... --resume                                                     # continue from the latest complete checkpoint
+    ... --resume                                                     # continue from the latest intact checkpoint
     ... --restart                                                    # discard an earlier run's checkpoints, start over
 
 Reads <run dir>/tokenizer.json and tokens/{train,val}.bin + meta.json; writes checkpoints/step-N/,
-pretrain_log.csv, loss.png, config.toml and final/model.pt (04 reads it).
+pretrain_log.csv, loss.png, config.toml and final/model.pt + meta.json (step, tokenizer_sha256; 04 reads them).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from model import MaskedLM, configure_optimizer, lr_at, num_parameters
-from shelf.checkpoint import atomic_torch_save, complete_checkpoints, load_checkpoint, resume_point, save_checkpoint
+from shelf.checkpoint import atomic_torch_save, load_checkpoint, not_finite, resume_point, save_checkpoint
 from shelf.config import Config, load_config, save_config
 from shelf.distributed import World, parallelize, print0, setup_distributed, teardown_distributed
 from shelf.dry_run import dry_run
 from shelf.errors import ConfigError, UserError, run_main
+from shelf.files import write_json
 from shelf.tokens import load_tokenizer, read_token_meta
 from shelf.train_log import TrainLog
 
@@ -149,6 +150,7 @@ class Data(NamedTuple):
     eval_ids: np.ndarray  # the fixed validation subset (block ids), a multiple of world_size long
     masker: Masker
     log_freq: torch.Tensor  # (V,) log of each token's frequency in train: the unigram baseline's prediction
+    tokenizer_sha256: str  # recorded with the weights: a resume or 04 with another tokenizer is refused
 
 
 def token_log_freq(stream: BlockStream, vocab_size: int, device) -> torch.Tensor:
@@ -190,7 +192,7 @@ def load_data(cfg: Config, world: World) -> Data:
     if pretrain.seq_len > cfg.model.max_seq_len:
         raise ConfigError(f"pretrain.seq_len = {pretrain.seq_len} > model.max_seq_len = {cfg.model.max_seq_len}")
     tokenizer, special = load_tokenizer(out / "tokenizer.json", cfg.model)
-    read_token_meta(out / "tokens", out / "tokenizer.json")  # refuses token files of another tokenizer
+    meta = read_token_meta(out / "tokens", out / "tokenizer.json")  # refuses token files of another tokenizer
     rows_micro = pretrain.batch_size * world.size  # rows of one global micro-batch
     train = BlockStream(out / "tokens" / "train.bin", pretrain.seq_len, seed, need=rows_micro)
     val = BlockStream(out / "tokens" / "val.bin", pretrain.seq_len, seed, need=world.size)  # a block per rank
@@ -198,7 +200,8 @@ def load_data(cfg: Config, world: World) -> Data:
     eval_ids = np.random.default_rng([seed, 2]).permutation(val.n_blocks)[:n_eval]
     masker = Masker(cfg.model.vocab_size, tokenizer.get_vocab_size(with_added_tokens=True), special.all, special.mask,
                     pretrain.mask_prob, world.device)
-    return Data(train, val, eval_ids, masker, token_log_freq(train, len(masker.is_special), world.device))
+    return Data(train, val, eval_ids, masker, token_log_freq(train, len(masker.is_special), world.device),
+                meta["tokenizer_sha256"])
 
 
 def build_model(cfg: Config, world: World):
@@ -219,24 +222,29 @@ def build_model(cfg: Config, world: World):
     return model, optimizer, autocast
 
 
-def resume_or_start(cfg: Config, world: World, model, optimizer, train: BlockStream, flags) -> int:
-    """-> the first step: 0, or with --resume the latest checkpoint's (model, optimizer, RNG, data position)."""
+def resume_or_start(cfg: Config, world: World, model, optimizer, data: Data, flags) -> tuple[int, list[float]]:
+    """-> the first step and the losses of its log interval so far: (0, []), or with --resume the latest intact
+    checkpoint's, after loading its model, optimizer, RNG and data position."""
     path = resume_point(cfg.out_dir, "--resume" in flags, "--restart" in flags, world)
     if path is None:
-        return 0
-    saved = load_checkpoint(path, model, optimizer, world, is_fsdp(model), dataclasses.asdict(cfg.model))
+        return 0, []
+    saved = load_checkpoint(path, model, optimizer, world, is_fsdp(model), dataclasses.asdict(cfg.model),
+                            data.tokenizer_sha256, verified=True)
+    if saved["step"] > cfg.pretrain.max_steps:
+        raise ConfigError(f"pretrain.max_steps = {cfg.pretrain.max_steps:,}: {path} is past it; raise it to at least "
+                          f"{saved['step']:,}, or --restart")
     if saved["world_size"] != world.size:  # the RNG states saved are those of other ranks: fresh streams
         torch.manual_seed(seed_for(saved["config"]["run"]["seed"], 3, saved["step"], world.rank))
-    train.epoch, train.index = saved["data"]["epoch"], saved["data"]["index"]
-    print0(f"resumed from {path} (step {saved['step']:,}, epoch {train.epoch}, block {train.index:,})")
-    return saved["step"]
+    data.train.epoch, data.train.index = saved["data"]["epoch"], saved["data"]["index"]
+    print0(f"resumed from {path} (step {saved['step']:,}, epoch {data.train.epoch}, block {data.train.index:,})")
+    return saved["step"], saved.get("log_losses", [])
 
 
-def train(cfg: Config, world: World, model, optimizer, autocast, data: Data, step: int) -> int:
+def train(cfg: Config, world: World, model, optimizer, autocast, data: Data, step: int, losses: list[float]) -> int:
     """Optimizer steps up to pretrain.stop_at (or max_steps): log, evaluate, checkpoint. -> the last step."""
     pretrain, ckpt_dir = cfg.pretrain, cfg.out_dir / "checkpoints"
     stop = min(pretrain.stop_at or pretrain.max_steps, pretrain.max_steps)
-    with TrainLog(cfg, world, step) as log:  # and config.toml
+    with TrainLog(cfg, world, step, losses) as log:  # and config.toml
         while step < stop:
             lr = lr_at(step, pretrain)
             for group in optimizer.param_groups:
@@ -245,10 +253,8 @@ def train(cfg: Config, world: World, model, optimizer, autocast, data: Data, ste
             loss, grad_norm = forward_backward(model, inputs, labels, pretrain, world, autocast)
             loss_value, norm_value = torch.stack([loss, grad_norm]).tolist()  # the one host sync of the step
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):  # stop before it spoils the weights
-                last = (complete_checkpoints(ckpt_dir) or ["none"])[-1]
-                raise UserError(f"step {step + 1}: loss {loss_value} / grad norm {norm_value} is not finite; stopped "
-                                f"before the update. Last good checkpoint: {last} (lower pretrain.lr or raise "
-                                "warmup_steps, then --resume)")
+                raise not_finite(f"step {step + 1}: loss {loss_value} / grad norm {norm_value} is not finite; "
+                                 "stopped before the update", ckpt_dir, world)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -261,20 +267,22 @@ def train(cfg: Config, world: World, model, optimizer, autocast, data: Data, ste
                 if step % pretrain.ckpt_interval == 0 or step == stop:
                     log.sync()  # the log up to here is durable together with the checkpoint
                     extra = {"step": step, "data": {"epoch": data.train.epoch, "index": data.train.index},
-                             "config": dataclasses.asdict(cfg)}
+                             "config": dataclasses.asdict(cfg), "tokenizer_sha256": data.tokenizer_sha256,
+                             "log_losses": log.losses}  # so that a resume logs this interval's mean exactly
                     save_checkpoint(ckpt_dir, step, model, optimizer, extra, world, is_fsdp(model),
                                     pretrain.keep_checkpoints)
     return step
 
 
-def save_final_weights(cfg: Config, world: World, model, step: int) -> None:
-    """final/model.pt: one unsharded fp32 state dict for 04 (if the run got to max_steps)."""
+def save_final_weights(cfg: Config, world: World, model, step: int, tokenizer_sha256: str) -> None:
+    """final/model.pt: one unsharded fp32 state dict for 04 (if the run got to max_steps), and meta.json."""
     if step < cfg.pretrain.max_steps:
         return print0(f"stopped at step {step:,} of {cfg.pretrain.max_steps:,} (pretrain.stop_at); --resume goes on")
     # collective under FSDP: every rank takes part, rank 0 receives the full tensors on the CPU
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if world.is_main:
         atomic_torch_save({k: v.float().cpu() for k, v in state.items()}, cfg.out_dir / "final" / "model.pt")
+        write_json(cfg.out_dir / "final" / "meta.json", {"step": step, "tokenizer_sha256": tokenizer_sha256})
         save_config(cfg, cfg.out_dir / "final")
         print0(f"final weights: {cfg.out_dir / 'final' / 'model.pt'}")
 
@@ -287,9 +295,9 @@ def main() -> None:
     try:
         data = load_data(cfg, world)
         model, optimizer, autocast = build_model(cfg, world)
-        step = resume_or_start(cfg, world, model, optimizer, data.train, flags)
-        step = train(cfg, world, model, optimizer, autocast, data, step)
-        save_final_weights(cfg, world, model, step)
+        step, losses = resume_or_start(cfg, world, model, optimizer, data, flags)
+        step = train(cfg, world, model, optimizer, autocast, data, step, losses)
+        save_final_weights(cfg, world, model, step, data.tokenizer_sha256)
     finally:
         teardown_distributed()
 

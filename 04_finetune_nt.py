@@ -48,14 +48,17 @@ from shelf.files import download, file_hash, write_json
 from shelf.results import read_commented_csv, write_results
 from shelf.tokens import load_tokenizer
 
-# hub repo, default revision ("revised" is unpinned: no commit could be checked offline; --finetune.revision)
-BENCHMARKS = {"revised": {"repo": "nucleotide_transformer_downstream_tasks_revised", "revision": "main"},
+# hub repo and pinned commit (--finetune.revision). "revised": e26a616 ("Add histone marks", Apr 8 2024) added
+# the 10 histone folders to the 8 of the earlier "Rectify naming" commits: the first with all 18 (the hub's tree pages)
+BENCHMARKS = {"revised": {"repo": "nucleotide_transformer_downstream_tasks_revised",
+                          "revision": "e26a616b5acaf009f0841c92c88267a4edcf24ae"},
               "original": {"repo": "nucleotide_transformer_downstream_tasks",
                            "revision": "d11d8921f9255e5d657e69443865966e66de3b21"}}
 TASKS_CSV = PROJECT_ROOT / "configs" / "nt_tasks.csv"  # benchmark, task, display, train, test, classes, seq_len
 
 # the name in published tables, record counts, classes; None = unknown (local tasks, original benchmark)
 TaskInfo = namedtuple("TaskInfo", "display train test classes")
+MAX_CLASSES = 1000  # a local task's labels are 0..MAX_CLASSES - 1
 
 
 def task_table(benchmark: str) -> dict[str, TaskInfo]:
@@ -77,8 +80,8 @@ def load_task_file(path: Path, num_classes: int | None = None) -> tuple[list[str
             labels.append(int(text))
         except ValueError:
             raise UserError(f"{where}: label {text!r} is not an integer (header {header!r})")
-        if labels[-1] < 0 or (num_classes is not None and labels[-1] >= num_classes):
-            raise UserError(f"{where}: label {labels[-1]} is outside the task's classes 0..{(num_classes or 1) - 1}")
+        if not 0 <= labels[-1] < (num_classes or MAX_CLASSES):
+            raise UserError(f"{where}: label {labels[-1]} is outside the task's classes 0..{(num_classes or MAX_CLASSES) - 1}")
         if not rec.sequence:
             raise UserError(f"{where}: record {header!r} has an empty sequence")
         seqs.append(rec.sequence.upper())  # the tokenizers are trained on upper case
@@ -339,6 +342,11 @@ def load_tokenizer_and_weights(cfg):
             raise UserError(f"{weights_path}: pretrained weights not found (run 03_pretrain.py first, "
                             f"or fine-tune from scratch only: --finetune.inits=[scratch])")
         hashes["weights"] = file_hash(weights_path)
+        meta = weights_path.parent / "meta.json"  # 03 writes it beside final/model.pt
+        trained_with = json.loads(meta.read_text()).get("tokenizer_sha256") if meta.is_file() else None
+        if trained_with not in (None, hashes["tokenizer"]):
+            raise UserError(f"{weights_path}: pretrained with another tokenizer than {tok_path} (sha256 "
+                            f"{trained_with[:12]}… vs {hashes['tokenizer'][:12]}…); use the run's own tokenizer.json")
         try:  # mmap: read when used, so a dry run or a rank without pretrained runs costs no memory
             weights = torch.load(weights_path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:
@@ -405,14 +413,13 @@ def main():
             data = load_task(data_root / task, infos[task])
             print0(f"  {task}: {len(data.train_y):,} train / {len(data.test_y):,} test, {data.classes} classes")
         return teardown_distributed()
-    if world.is_main:
-        save_config(cfg, cfg.out_dir / "finetune")
     # torchrun: the ranks share out the runs, each one process on one device, so results don't depend on ranks
     finetune_runs(cfg, todo[world.rank::world.size], data_root, infos, tok, pad_id, weights, world)
     wait_for_all_ranks()
     if world.is_main:
         rows = [json.loads((run.dir / "metrics.json").read_text()) for run in runs]
         write_results(cfg.out_dir / "finetune", rows, tasks, infos, cfg.finetune.benchmark)
+        save_config(cfg, cfg.out_dir / "finetune")  # only now: the config of the results.md beside it
     teardown_distributed()
 
 

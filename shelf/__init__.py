@@ -5,6 +5,8 @@ The shelf: machinery the numbered scripts use and a reader may skip. Each file h
     config.py        the config sections, --config FILE + --section.key=value, the resolved config.toml
     files.py         atomic writes, file hashes, resumable verified downloads
     fasta.py         the one FASTA reader (streaming, plain or gzip)
+    genomes.py       01's genome list: sources or a manifest (TSV, NT's urls.csv), downloads checked,
+                     the ledger that resumes a many-genome run, the --dry-run plan
     tokens.py        loading tokenizer.json and tokens/meta.json, special-token ids by role
     distributed.py   torchrun set-up, DDP / FSDP2 wrapping, activation checkpointing, compile
     checkpoint.py    pretraining checkpoints: atomic, resumable bit-exactly, FSDP-aware

@@ -1,22 +1,30 @@
 """Pretraining checkpoints. checkpoints/step-N/ appears by renaming a finished step-N.tmp/, so a crash
-mid-write leaves the older checkpoints as they were; --resume takes the highest complete step-N. Each holds
-the model and optimizer (state.pt; under FSDP a torch.distributed.checkpoint folder, which reloads on any
-number of ranks), meta.pt (03's step, data position, config) and every rank's RNG state."""
+mid-write leaves the older checkpoints as they were. Each holds the model and optimizer (state.pt; under FSDP
+a torch.distributed.checkpoint folder, which reloads on any number of ranks), meta.pt (03's step, data
+position, config, tokenizer hash), every rank's RNG state and, written last, SHA256SUMS: the sha256 of every
+other file (`sha256sum -c SHA256SUMS` checks one by hand). --resume takes the newest checkpoint whose files
+all match it, so a corrupt file is never read and no file is unpickled unverified (dcp.load unpickles
+.metadata). A checkpoint whose weights or optimizer state are not finite is never written."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.utils._pytree import tree_leaves
 
 from shelf.distributed import World, print0
 from shelf.errors import UserError
-from shelf.files import atomic_write
+from shelf.files import atomic_write, file_hash
+
+SUMS = "SHA256SUMS"  # "<sha256>  <file name>" lines, as sha256sum writes them
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -30,9 +38,65 @@ def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def hash_files(folder: Path, world: World) -> dict[str, str]:
+    """{name: sha256} of the files in `folder` but SHA256SUMS. Collective: each rank hashes its share of them."""
+    names = sorted(p.name for p in folder.iterdir() if p.name != SUMS and p.is_file())
+    mine = {name: file_hash(folder / name) for name in names[world.rank::world.size]}
+    parts = [mine] * world.size
+    if world.is_distributed:  # every rank gets every rank's share
+        dist.all_gather_object(parts, mine)
+    return dict(sorted(item for part in parts for item in part.items()))
+
+
+def checkpoint_problem(path: Path, world: World) -> str | None:
+    """Why the checkpoint `path` must not be read (a file missing, corrupt, or not in its SHA256SUMS), or None."""
+    try:
+        listed = {name: sha for sha, name in (line.split("  ", 1) for line in (path / SUMS).read_text().splitlines())}
+        found = hash_files(path, world)
+    except (OSError, ValueError) as e:  # no SHA256SUMS (older code wrote none), not text, not "sha  name" lines
+        return f"unreadable ({e})"
+    for name in sorted(found.keys() | listed.keys() | {"meta.pt"}):
+        if name not in found or found[name] != listed.get(name):
+            return (f"{name} missing" if name not in found else f"{name} not listed in {SUMS}" if name not in listed
+                    else f"{name} corrupt (its sha256 differs from {SUMS})")
+    return None
+
+
+def verified_checkpoint(ckpt_dir: Path, world: World, quiet: bool = False) -> Path | None:
+    """The newest checkpoint that passes checkpoint_problem(), or None. Unless quiet: a warning line for each
+    newer one, and a UserError if there are checkpoints but none passes."""
+    bad = []
+    for path in reversed(complete_checkpoints(ckpt_dir)):
+        if not (why := checkpoint_problem(path, world)):
+            for problem in [] if quiet else bad:
+                print0(f"warning: {problem}; resuming from {path}", file=sys.stderr)
+            return path
+        bad.append(f"{path}: {why}")
+    if bad and not quiet:
+        raise UserError(f"{bad[0]}; no older checkpoint is intact either: --restart to start over")
+    return None
+
+
+def not_finite(problem: str, ckpt_dir: Path, world: World) -> UserError:
+    """The error for a loss or state that is not finite, naming the checkpoint to go back to."""
+    return UserError(f"{problem}. Last good checkpoint: {verified_checkpoint(ckpt_dir, world, quiet=True) or 'none'} "
+                     "(lower pretrain.lr or raise warmup_steps, then --resume)")
+
+
+def all_finite(state, world: World) -> bool:
+    """Every floating-point tensor in `state` (nested dicts and lists; this rank's shards) finite, on all ranks."""
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tree_leaves(state) if torch.is_tensor(t)]
+    finite = torch.tensor(float(all(torch.isfinite(t).all() for t in local if t.is_floating_point())),
+                          device=world.device)
+    if world.is_distributed:  # all ranks write the checkpoint, or none does
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite)
+
+
 def resume_point(out: Path, resume: bool, restart: bool, world: World) -> Path | None:
     """--resume: the latest complete checkpoint, if any. Else an earlier run's checkpoints are refused (days
-    of training are not thrown away for a forgotten flag) or, with --restart, removed with its final weights."""
+    of training are not thrown away for a forgotten flag) or, with --restart, removed with its final weights.
+    A killed run's unfinished writes are removed."""
     ckpt_dir = out / "checkpoints"
     latest = (complete_checkpoints(ckpt_dir) or [None])[-1]
     if resume and latest is None:
@@ -44,18 +108,25 @@ def resume_point(out: Path, resume: bool, restart: bool, world: World) -> Path |
         print0(f"--restart: removing the checkpoints of an earlier run in {ckpt_dir}")
         shutil.rmtree(ckpt_dir)
         shutil.rmtree(out / "final", ignore_errors=True)
-    return latest if resume else None
+    if world.is_main:
+        # unfinished checkpoints, and atomic_write's temp files (the log, loss.png, config.toml, final/)
+        for tmp in [*ckpt_dir.glob("step-*.tmp"), *out.glob(".*.tmp"), *(out / "final").glob(".*.tmp")]:
+            (shutil.rmtree if tmp.is_dir() else os.remove)(tmp)
+    return verified_checkpoint(ckpt_dir, world) if resume and latest else None
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, net, optimizer, extra: dict, world: World, sharded: bool,
                     keep: int) -> Path:
-    """Write checkpoints/step-`step`/ (every rank takes part) and keep the last `keep` checkpoints."""
+    """Write checkpoints/step-`step`/ (every rank takes part) and keep the last `keep` checkpoints. State that
+    is not finite is refused (UserError) before anything is written."""
     final, tmp = ckpt_dir / f"step-{step}", ckpt_dir / f"step-{step}.tmp"
+    model_sd, optim_sd = get_state_dict(net, optimizer)  # keyed by parameter name: DDP's "module." is dropped
+    if not all_finite([model_sd, optim_sd], world):
+        raise not_finite(f"step {step}: the weights or optimizer state are not finite; not saved", ckpt_dir, world)
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     world.barrier()
-    model_sd, optim_sd = get_state_dict(net, optimizer)  # keyed by parameter name: DDP's "module." is dropped
     if sharded:  # each rank writes its shards
         dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp)
     elif world.is_main:
@@ -66,7 +137,10 @@ def save_checkpoint(ckpt_dir: Path, step: int, net, optimizer, extra: dict, worl
     cuda = torch.cuda.get_rng_state(world.device) if world.device.startswith("cuda") else None
     atomic_torch_save({"torch": torch.get_rng_state(), "cuda": cuda}, tmp / f"rng-rank{world.rank}.pt")
     world.barrier()
+    sums = "".join(f"{sha}  {name}\n" for name, sha in hash_files(tmp, world).items())
     if world.is_main:
+        with atomic_write(tmp / SUMS) as f:
+            f.write(sums)
         shutil.rmtree(final, ignore_errors=True)  # there only if an earlier run got this far: replace it
         os.replace(tmp, final)
         fd = os.open(ckpt_dir, os.O_RDONLY)  # make the rename itself durable
@@ -78,15 +152,21 @@ def save_checkpoint(ckpt_dir: Path, step: int, net, optimizer, extra: dict, worl
     return final
 
 
-def load_checkpoint(path: Path, net, optimizer, world: World, sharded: bool, model_config: dict | None = None) -> dict:
+def load_checkpoint(path: Path, net, optimizer, world: World, sharded: bool, model_config: dict | None = None,
+                    tokenizer_sha256: str | None = None, verified: bool = False) -> dict:
     """Load model + optimizer into the (possibly wrapped or sharded) model, and this rank's RNG state if
     the world size is unchanged (else the caller re-seeds). Returns meta.pt: step, data position, config.
-    With `model_config`, a checkpoint of another [model] is refused before any weight is touched."""
-    if not (path / "meta.pt").is_file():
-        raise UserError(f"{path}: not a checkpoint (no meta.pt)")
+    Unless `verified` (by verified_checkpoint), the files are checked against SHA256SUMS first. With
+    `model_config` / `tokenizer_sha256`, a checkpoint of another [model] or tokenizer (if it recorded one,
+    older code did not) is refused: all before any weight is touched."""
+    if not verified and (why := checkpoint_problem(path, world)):
+        raise UserError(f"{path}: {why}")
     extra = torch.load(path / "meta.pt", weights_only=True)
     if model_config is not None and extra["config"]["model"] != model_config:
         raise UserError(f"{path}: saved with another [model] config; resume with the run's config.toml")
+    if tokenizer_sha256 and extra.get("tokenizer_sha256", tokenizer_sha256) != tokenizer_sha256:
+        raise UserError(f"{path}: trained with another tokenizer.json (sha256 {extra['tokenizer_sha256'][:12]}… vs "
+                        f"{tokenizer_sha256[:12]}…); put back its tokenizer and token files, or --restart")
     if (path / "state.pt").is_file():  # full state dicts: under FSDP every rank keeps just its shard of them
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         options = StateDictOptions(full_state_dict=True) if sharded else None

@@ -53,19 +53,27 @@ class PreprocessConfig:
         "GCF_000001405.40_GRCh38.p14_genomic.fna.gz"
     ])
     md5: list[str] = field(default_factory=list)  # one per source; empty = md5checksums.txt (NCBI) or md5sum.txt (UCSC) beside the URL
-    manifest: str = ""  # a file listing many genomes (1B/7B presets); split train/val/test by genome
+    manifest: str = ""  # many genomes (1B/7B presets): a TSV or CSV file or URL, split by genome, streamed
     download_dir: str = "data/downloads"  # shared cache: a verified download is never fetched twice
     min_len: int = 256  # segment lengths are drawn uniformly from [min_len, max_len], both inclusive
     max_len: int = 1024
     val_fraction: float = 0.01  # seeded random share of segments held out for validation
-    val_genomes: float = 0.0  # with a manifest: share of genomes held out for validation
-    test_genomes: float = 0.0  # with a manifest: share of genomes held out for test
+    val_genomes: float = 0.0  # with a manifest: genomes held out for validation, a share (< 1) or a count
+    test_genomes: float = 0.0  # with a manifest: genomes held out for test, a share (< 1) or a count
+    split_by: str = "seed"  # with a manifest: "seed" (a seeded draw) | "position" (NT: the last rows test, then val)
+    keep_downloads: int = 0  # with a manifest: downloaded genomes on disk at once, at most (0 = keep all)
+    max_genomes: int = 0  # with a manifest: only the first N genomes of each split, for a trial (0 = all)
 
     def __post_init__(self):
         check = checker("preprocess", self)
         check("min_len", 1 <= self.min_len <= self.max_len, f"need 1 <= min_len <= max_len = {self.max_len}")
-        for key in ("val_fraction", "val_genomes", "test_genomes"):
-            check(key, 0.0 <= getattr(self, key) < 1.0, "must be in [0, 1)")
+        check("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)")
+        for key in ("val_genomes", "test_genomes"):
+            v = float(getattr(self, key))
+            check(key, 0.0 <= v < 1.0 or v >= 1 and v.is_integer(), "expected a share in [0, 1) or a whole count")
+        check("split_by", self.split_by in ("seed", "position"), "expected 'seed' or 'position'")
+        for key in ("keep_downloads", "max_genomes"):
+            check(key, getattr(self, key) >= 0, "must be >= 0 (0 = no limit)")
         check("md5", not self.md5 or len(self.md5) == len(self.sources),
               f"give one per source ({len(self.sources)}; \"\" = look it up beside the URL) or none")
         check("sources", bool(self.sources) != bool(self.manifest),
@@ -183,7 +191,7 @@ class FinetuneConfig:
 
 def check_recipe(check, c) -> None:
     """The optimizer keys [pretrain] and [finetune] share (a NaN fails every one of these)."""
-    check("lr", c.lr > 0, "must be positive")
+    check("lr", 0 < c.lr < 3e38, "must be positive and a float32 (< 3e38)")
     check("warmup_steps", c.warmup_steps >= 0, "must be >= 0 (a warm-up longer than max_steps never decays)")
     check("min_lr", 0 <= c.min_lr <= c.lr, "must be in [0, lr]")
     check("weight_decay", c.weight_decay >= 0, "must be >= 0")

@@ -24,6 +24,11 @@ def run_main(main) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
+    except OSError as e:  # a file the user named or the run writes: unreadable, a directory, read-only, ...
+        if e.filename is None:
+            raise
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr, flush=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(130)

@@ -35,7 +35,11 @@ def read_fasta(path: str | Path) -> Iterator[FastaRecord]:
 
 def read_chunks(path: Path) -> Iterator[tuple[bytes, int]]:
     """Yield (CHUNK decompressed bytes, compressed bytes read so far) of a plain or gzip file."""
-    with open(path, "rb") as raw:
+    try:
+        raw = open(path, "rb")
+    except OSError as e:  # no permission, a directory, removed since it was listed
+        raise UserError(f"{path}: cannot read ({e.strerror})")
+    with raw:
         head = raw.peek(6)[:6]
         for magic, kind in [(b"BZh", "bzip2"), (b"\xfd7zXZ", "xz"), (b"\x28\xb5\x2f\xfd", "zstd")]:
             if head.startswith(magic):

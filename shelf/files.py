@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -42,6 +43,19 @@ def atomic_write(path: str | Path, mode: str = "w"):
         Path(tmp).unlink(missing_ok=True)
 
 
+def prepare_dir(path: str | Path) -> Path:
+    """mkdir -p, failing in one line if a file is in the way, then remove the temp files atomic_write
+    leaves when a run is killed (`.<name>.<random>.tmp`: a kill skips the `finally` that deletes them)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{path}: cannot create the output folder ({e.strerror}); is a file in the way?")
+    for tmp in path.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_json(path: str | Path, obj) -> None:
     with atomic_write(path) as f:
         f.write(json.dumps(obj, indent=2) + "\n")
@@ -57,6 +71,27 @@ def file_hash(path: str | Path, algorithm: str = "sha256") -> str:
 # downloads: resumable, retried, verified, cached (01 fetches genomes, 04 the NT benchmark)
 
 
+class NotFound(UserError):
+    """HTTP 404 or 410: the server has no such file (a genome withdrawn from NCBI since a list was made)."""
+
+
+def unresolved(e: Exception) -> bool:
+    """No DNS answer: offline, or a wrong host name. Retrying cannot help, so it fails at once."""
+    return isinstance(getattr(e, "reason", e), socket.gaierror)
+
+
+def remote_size(url: str, timeout_s: float = 20.0) -> int | None:
+    """A file's size in bytes as the server reports it; None on any error. A one-byte ranged GET, not a
+    HEAD: every server that serves resumable downloads answers it (Content-Range: bytes 0-0/<size>)."""
+    request = urllib.request.Request(url, headers={"Range": "bytes=0-0", "User-Agent": "dna-lm-download/1.0"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as r:
+            size = r.headers.get("Content-Range", "").rpartition("/")[2] or r.headers.get("Content-Length")
+            return int(size) if r.status in (200, 206) and size and size.isdigit() else None
+    except (urllib.error.URLError, HTTPException, OSError, ValueError):
+        return None
+
+
 def is_verified(dest: str | Path, md5: str | None = None) -> bool:
     """True when `dest` was verified by download() (its `<dest>.md5` sidecar is newer than the file)
     and, if `md5` is given, was verified against that checksum."""
@@ -69,7 +104,7 @@ def is_verified(dest: str | Path, md5: str | None = None) -> bool:
 
 
 def download(url: str, dest: str | Path, md5: str | None = None, *, retries: int = 5, backoff_s: float = 1.0,
-             timeout_s: float = 60.0, quiet: bool = False) -> Path:
+             timeout_s: float = 60.0, quiet: bool = False, offline_hint: str = "") -> Path:
     """Fetch `url` (http/https) to `dest` once; return `dest`.
 
     - Streams into `<dest>.part` with a progress bar in bytes. An interrupted transfer (dropped
@@ -78,7 +113,8 @@ def download(url: str, dest: str | Path, md5: str | None = None, *, retries: int
       at most `retries` times in a row); a transfer that made progress is resumed at once.
     - Checks the md5 when one is given (else only the length), renames into place and writes
       `<dest>.md5` (md5sum format). A verified file is never downloaded again; a file that fails the
-      check is deleted, never used (UserError, exit 1).
+      check is deleted, never used (UserError, exit 1). HTTP 404/410 raise NotFound; a host name that
+      does not resolve fails at once, with `offline_hint` (what to do instead) in its message.
     """
     from tqdm import tqdm
 
@@ -127,14 +163,17 @@ def download(url: str, dest: str | Path, md5: str | None = None, *, retries: int
             if e.code == 416 and have:  # Range not satisfiable: the .part is already complete
                 return accept(part)
             if e.code not in (408, 429) and e.code < 500:
-                raise UserError(f"{url}: HTTP {e.code} {e.reason}")
+                raise (NotFound if e.code in (404, 410) else UserError)(f"{url}: HTTP {e.code} {e.reason}")
             error = f"HTTP {e.code} {e.reason}"
         except (urllib.error.URLError, HTTPException, OSError) as e:
             error = str(getattr(e, "reason", None) or e)
+            if unresolved(e):
+                raise UserError(f"{url}: cannot resolve the host name (offline?){offline_hint}"
+                                + (f"; re-run to resume from {part}" if part.is_file() else ""))
         failures = 0 if got else failures + 1  # a transfer that made progress resumes immediately
         if failures > retries:
-            raise UserError(f"{url}: download failed after {retries} retries ({error}); "
-                            f"re-run to resume from {part}")
+            raise UserError(f"{url}: download failed after {retries} retries ({error})"
+                            + (f"; re-run to resume from {part}" if part.is_file() else ""))
         if failures:
             if not quiet:
                 print(f"{url}: {error}; retrying in {backoff_s * 2 ** (failures - 1):.0f} s", file=sys.stderr)

@@ -88,13 +88,17 @@ def read_token_meta(tokens_dir: str | Path, tokenizer_path: str | Path) -> dict:
         raise UserError(f"{meta_path}: not found (run 02_train_tokenizer.py first)")
     except (OSError, ValueError) as e:
         raise UserError(f"{meta_path}: not readable JSON ({e})")
+    splits = meta.get("splits") if isinstance(meta, dict) else None
+    if not (isinstance(splits, dict) and all(isinstance(c, dict) for c in splits.values())):
+        raise UserError(f"{meta_path}: expected 02's object with \"splits\": {{split: {{\"tokens\": n, ...}}}}; "
+                        "re-run 02_train_tokenizer.py")
     if not Path(tokenizer_path).is_file():
         raise UserError(f"{tokenizer_path}: tokenizer not found (run 02_train_tokenizer.py first)")
     sha = file_hash(tokenizer_path)
     if meta.get("tokenizer_sha256") != sha:
         raise UserError(f"{meta_path}: token files were made with another tokenizer than {tokenizer_path} "
                         f"(sha256 {str(meta.get('tokenizer_sha256'))[:12]}… vs {sha[:12]}…); re-run 02_train_tokenizer.py")
-    for split, counts in meta.get("splits", {}).items():
+    for split, counts in splits.items():
         bin_path = tokens_dir / f"{split}.bin"
         size = bin_path.stat().st_size if bin_path.is_file() else None
         if size != 2 * counts.get("tokens", -1):

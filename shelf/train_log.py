@@ -1,8 +1,8 @@
 """
 03's progress report: a tqdm bar, a printed line per log step and per evaluation, and pretrain_log.csv
 (a row for each, from which loss.png is drawn). Only rank 0 writes. On --resume the rows after the
-checkpoint's step are dropped (the resumed run logs them again); sync() makes the rows durable together
-with a checkpoint.
+checkpoint's step are dropped (the resumed run logs them again), and the losses of the log interval so far
+(saved with the checkpoint) are restored; sync() makes the rows durable together with a checkpoint.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 class TrainLog:
-    def __init__(self, cfg, world, step: int):
+    def __init__(self, cfg, world, step: int, losses=()):
         train, self.out, self.enabled = cfg.pretrain, cfg.out_dir, world.is_main
         self.device, self.max_steps = torch.device(world.device), train.max_steps
         self.tokens_step = train.batch_size * train.seq_len * train.grad_accum * world.size
@@ -41,7 +41,8 @@ class TrainLog:
         spec = gpu_spec(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         self.peak_flops = (train.gpu_peak_tflops or (spec[0] if spec else 0.0)) * 1e12 * world.size
         self.flops_token = modeling.flops_per_token(cfg.model, train.seq_len, head_fraction=train.mask_prob)
-        self.rows, self.losses, self.t_last, self.step_last, self.plotted = [], [], time.perf_counter(), step, -1
+        self.rows, self.t_last, self.step_last, self.plotted = [], time.perf_counter(), step, -1
+        self.losses = list(losses)  # the training losses since the last row (on --resume: from the checkpoint)
         self.bar = tqdm(total=train.max_steps, initial=step, desc="pretrain", unit="step", disable=not self.enabled,
                         dynamic_ncols=True)
         if not self.enabled:

@@ -37,8 +37,10 @@ def load_script(script: str):
 
 @pytest.fixture
 def shared_data() -> Path:
+    """Real third-party data beside the project (not in users' clones): skipped there, required on CI."""
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"{SHARED_DATA} is missing: the tests read real data from ../shared/data")
+        missing = f"{SHARED_DATA} is missing (real GRCh38 slice and NT task; only the project's CI has it)"
+        pytest.fail(missing) if os.environ.get("CI") else pytest.skip(missing)
     return SHARED_DATA
 
 

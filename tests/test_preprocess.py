@@ -9,7 +9,9 @@ import hashlib
 import json
 import random
 import re
+import socket
 import sys
+import time
 
 import pytest
 
@@ -376,3 +378,56 @@ def test_download_md5checksums_mismatch_and_404(tmp_path, monkeypatch, capsys, h
     code, err = run01_as_user(monkeypatch, capsys, tmp_path / "run", f"--preprocess.sources=['{http_server.url}/no.fa']",
                               f"--preprocess.download_dir={tmp_path / 'dl'}")
     assert code == 1 and "HTTP 404" in err and err.count("\n") == 1
+
+
+# -----------------------------------------------------------------------------
+# offline, a directory, an unreadable file, a file in the way, a killed run's temp files: one line each
+
+
+def test_offline_fails_at_once_and_says_what_to_do(tmp_path, monkeypatch, capsys):
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    url, dl = "https://ftp.ncbi.nlm.nih.gov/genomes/x/genome.fna.gz", tmp_path / "dl"
+    for md5 in ("[]", f"['{'0' * 32}']"):  # the checksum list beside the URL first; or, md5 given, the download
+        t0 = time.perf_counter()
+        code, err = run01_as_user(monkeypatch, capsys, tmp_path / "run", f"--preprocess.sources=['{url}']",
+                                  f"--preprocess.md5={md5}", f"--preprocess.download_dir={dl}")
+        assert code == 1 and err.count("\n") == 1 and time.perf_counter() - t0 < 5, err  # not 5 retries over 31 s
+        assert "cannot resolve the host name" in err and "--preprocess.sources" in err and "configs/demo.toml" in err
+        assert ".part" not in err  # no partial download to resume: none is mentioned
+    dl.mkdir(exist_ok=True)
+    (dl / "genome.fna.gz.part").write_bytes(b"half")
+    code, err = run01_as_user(monkeypatch, capsys, tmp_path / "run", f"--preprocess.sources=['{url}']",
+                              f"--preprocess.md5=['{'0' * 32}']", f"--preprocess.download_dir={dl}")
+    assert code == 1 and err.count("\n") == 1 and f"re-run to resume from {dl / 'genome.fna.gz.part'}" in err
+
+
+def test_directory_unreadable_file_and_out_dir_a_file_are_one_line(tmp_path, monkeypatch, capsys):
+    good = write_fasta(tmp_path / "good.fa", [("r", "ACGT" * 1000)])
+    code, err = run01_as_user(monkeypatch, capsys, tmp_path / "run", f"--preprocess.sources=['{tmp_path}']")
+    assert code == 1 and err == f"error: {tmp_path}: a directory, not a FASTA file\n"
+    (tmp_path / "file").write_text("x")
+    code, err = run01_as_user(monkeypatch, capsys, tmp_path / "file", f"--preprocess.sources=['{good}']")
+    assert code == 1 and err.count("\n") == 1 and f"{tmp_path / 'file'}/segments: cannot create the output" in err
+    real_open = open
+
+    def no_permission(path, *args, **kwargs):  # as root (CI) chmod 000 cannot make a file unreadable
+        if str(path) == str(good):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(shelf.fasta, "open", no_permission, raising=False)
+    code, err = run01_as_user(monkeypatch, capsys, tmp_path / "run", f"--preprocess.sources=['{good}']")
+    assert code == 1 and err == f"error: {good}: cannot read (Permission denied)\n"
+
+
+def test_temp_files_of_a_killed_run_are_removed(tmp_path, monkeypatch):
+    good = write_fasta(tmp_path / "good.fa", [("r", "ACGT" * 1000)])
+    seg = tmp_path / "run" / "segments"
+    seg.mkdir(parents=True)
+    (seg / ".train.txt.k1ll3d.tmp").write_bytes(b"ACGT" * 1000)  # SIGKILL skips atomic_write's cleanup
+    run01(monkeypatch, tmp_path / "run", f"--preprocess.sources=['{good}']")
+    assert sorted(p.name for p in seg.iterdir()) == ["config.toml", "segment_lengths.png", "stats.json",
+                                                    "train.txt", "val.txt"]

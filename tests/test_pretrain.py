@@ -18,6 +18,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, processors, trainers
 
+from shelf.checkpoint import complete_checkpoints
 from shelf.files import file_hash
 from conftest import ROOT, load_script, run_script
 from model import MaskedLM, ModelConfig
@@ -292,7 +293,7 @@ def test_exact_resume_one_process_and_a_nan_stops_cleanly(tokens_dir, tmp_path):
     stopped = fresh_run_dir(tokens_dir, tmp_path, "stopped")
     out = ok(pretrain_script(*tiny_args(stopped, "--pretrain.stop_at=3", dropout=0.1)))
     assert "stopped at step 3" in out.stdout and not (stopped / "final").exists()
-    assert pretrain.complete_checkpoints(stopped / "checkpoints") == [stopped / "checkpoints" / "step-3"]
+    assert complete_checkpoints(stopped / "checkpoints") == [stopped / "checkpoints" / "step-3"]
 
     # a resume with an absurd lr blows up: one line naming the step and the last good checkpoint, exit 1
     out = pretrain_script(*tiny_args(stopped, "--pretrain.lr=1e30", dropout=0.1), "--resume")
@@ -300,7 +301,7 @@ def test_exact_resume_one_process_and_a_nan_stops_cleanly(tokens_dir, tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r"error: step [45]: loss .* not finite; .*step-3 .*", last), last
     assert "Traceback" not in out.stderr and not (stopped / "final").exists()
-    assert pretrain.complete_checkpoints(stopped / "checkpoints") == [stopped / "checkpoints" / "step-3"]
+    assert complete_checkpoints(stopped / "checkpoints") == [stopped / "checkpoints" / "step-3"]
 
     # ... and left nothing behind: resuming properly gives the straight run, bit for bit
     ok(pretrain_script(*tiny_args(stopped, dropout=0.1), "--resume"))
@@ -348,7 +349,7 @@ def test_interrupted_checkpoint_write_leaves_previous_loadable(tmp_path, monkeyp
         pretrain.save_checkpoint(ckpt, 4, net, opt, {**extra, "step": 4}, d, sharded=False, keep=3)
     monkeypatch.undo()
     assert (ckpt / "step-4.tmp").exists() and not (ckpt / "step-4").exists()
-    assert pretrain.complete_checkpoints(ckpt) == [ckpt / "step-2"]
+    assert complete_checkpoints(ckpt) == [ckpt / "step-2"]
     fresh = MaskedLM(cfg)
     fresh_opt = pretrain.configure_optimizer(fresh, PretrainConfig(), torch.device("cpu"))
     extra_loaded = pretrain.load_checkpoint(ckpt / "step-2", fresh, fresh_opt, d, sharded=False)

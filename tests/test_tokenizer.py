@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, processors
 
-from shelf.errors import UserError
+from shelf.errors import UserError, run_main
 from shelf.fasta import read_fasta
 from shelf.tokens import load_tokenizer, read_token_meta
 from conftest import ROOT, load_script, run_script
@@ -244,3 +245,45 @@ def test_bpe_sample_is_capped_and_refused_when_it_cannot_fit(tmp_path, monkeypat
     monkeypatch.setattr(t02, "available_memory", lambda: 1_000_000)  # 1 MB free: refuse before training
     with pytest.raises(UserError, match="needs ~.* GiB but .* available; set --tokenizer.max_train_mbp="):
         t02.train_bpe(train, 64, 2, 1.0, 0, 128)
+
+
+def run02_as_user(monkeypatch, capsys, run_dir, *args) -> tuple[int, str]:
+    """02's main() in-process as `python 02_train_tokenizer.py` runs it: -> (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["02_train_tokenizer.py", f"--run.out_dir={run_dir}", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(t02.main)
+    return e.value.code, capsys.readouterr().err
+
+
+def test_binary_bytes_empty_val_and_an_unfinished_01_are_one_line(tmp_path, monkeypatch, capsys):
+    segs = _synthetic_segments(6, 60)
+    _write_segments(tmp_path, segs, segs[:5])
+    seg = tmp_path / "segments"
+    good = (seg / "train.txt").read_bytes()
+    for bad, byte in ((b"AC\rGT", "0x0d"), (b"AC\x00\xffGT", "0x00")):  # a CR was an IndexError in BPE training
+        (seg / "train.txt").write_bytes(b"ACGT\n" + bad + b"\n" + good)
+        for kind in ("bpe", "char"):
+            code, err = run02_as_user(monkeypatch, capsys, tmp_path, f"--tokenizer.kind={kind}",
+                                      "--tokenizer.vocab_size=64", "--tokenizer.sample_fraction=1.0")
+            assert code == 1 and err.startswith(f"error: {seg / 'train.txt'}:2: byte {byte} in a segment"), err
+            assert err.count("\n") == 1
+    (seg / "train.txt").write_bytes(good)
+    (seg / "val.txt").write_bytes(b"")  # was exit 0 here, then a failed mmap in 03
+    code, err = run02_as_user(monkeypatch, capsys, tmp_path, "--tokenizer.kind=char")
+    assert code == 1 and err.startswith(f"error: {seg / 'val.txt'}: no segments") and err.count("\n") == 1
+    (seg / "val.txt").write_text("\n".join(segs[:5]) + "\n")
+    (seg / "ledger.json").write_text("{}")  # 01 streaming a genome list, not done (no stats.json yet)
+    code, err = run02_as_user(monkeypatch, capsys, tmp_path, "--tokenizer.kind=char")
+    assert code == 1 and "01_preprocess.py has not finished" in err and err.count("\n") == 1
+
+
+def test_temp_files_of_a_killed_run_are_removed(tmp_path, monkeypatch):
+    segs = _synthetic_segments(7, 40)
+    _write_segments(tmp_path, segs, segs[:5])
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "tokens" / ".train.bin.k1ll3d.tmp").write_bytes(b"\0" * 100)  # SIGKILL skips atomic_write's cleanup
+    monkeypatch.setattr(sys, "argv", ["02_train_tokenizer.py", f"--run.out_dir={tmp_path}", "--tokenizer.kind=char"])
+    t02.main()
+    assert sorted(p.name for p in (tmp_path / "tokens").iterdir()) == ["config.toml", "meta.json", "train.bin",
+                                                                      "val.bin"]
