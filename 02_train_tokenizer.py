@@ -22,7 +22,7 @@ import itertools
 import resource
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -164,15 +164,37 @@ def train_bpe(train_path: Path, vocab_size: int, min_frequency: int, fraction: f
     return tok, {"sampled_segments": n_sample, "sampled_bp": sampled_bp[0]}  # no timings: meta.json is reproducible
 
 
-def encode_split(tok: Tokenizer, src: Path, dst: Path, batch_size: int, unk_id: int | None) -> dict:
-    """Encode one segment file into a flat uint16 file, streamed in batches (encode_batch runs on every
-    core). Returns its counts for meta.json."""
-    n_tokens = n_segments = n_bp = n_unk = 0
+def batch_encoder(tok: Tokenizer, kind: str) -> Callable[[list[str]], np.ndarray]:
+    """-> segments -> their token ids, specials included (uint16). tokenizers' encode_batch runs on every core;
+    a char tokenizer maps each letter on its own, so a byte -> id table read off it does the same work ~30x
+    faster (dnafm_7b's corpus is ~174 Gbp). The table is checked against the tokenizer on every letter."""
     encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast (tokenizers >= 0.20.1): no offsets
+    slow = lambda batch: np.fromiter(itertools.chain.from_iterable(e.ids for e in encode_batch(batch)),  # noqa: E731
+                                     dtype=np.uint16)
+    if kind != "char":
+        return slow
+    table, (cls, sep) = np.zeros(256, dtype=np.uint16), tok.encode("").ids  # "[CLS] $A [SEP]"
+    table[list(LETTERS)] = [tok.encode(chr(b), add_special_tokens=False).ids[0] for b in LETTERS]
+
+    def fast(batch: list[str]) -> np.ndarray:
+        n = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch)) + 2  # + [CLS], [SEP]
+        ends = np.cumsum(n)
+        ids, inside = np.empty(ends[-1], dtype=np.uint16), np.ones(ends[-1], dtype=bool)
+        ids[ends - n], ids[ends - 1], inside[ends - n], inside[ends - 1] = cls, sep, False, False
+        ids[inside] = table[np.frombuffer("".join(batch).encode("ascii"), dtype=np.uint8)]
+        return ids
+
+    probe = [LETTERS.decode(), "ACGTN", "n"]
+    return fast if np.array_equal(fast(probe), slow(probe)) else slow
+
+
+def encode_split(encode, src: Path, dst: Path, batch_size: int, unk_id: int | None) -> dict:
+    """Encode one segment file into a flat uint16 file, streamed in batches. Returns its counts for meta.json."""
+    n_tokens = n_segments = n_bp = n_unk = 0
     with atomic_write(dst, "wb") as out, tqdm(total=src.stat().st_size, unit="B", unit_scale=True,
                                               desc=f"encode {src.name}", disable=None) as bar:
         for batch in read_batches(src, batch_size):
-            ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encode_batch(batch)), dtype=np.uint16)
+            ids = encode(batch)
             out.write(ids.tobytes())
             bp = sum(map(len, batch))
             n_tokens, n_segments, n_bp = n_tokens + len(ids), n_segments + len(batch), n_bp + bp
@@ -215,16 +237,16 @@ def describe(tok: Tokenizer, special, tc, seconds: float, path: Path) -> None:
               f"example: {' '.join(tok.encode('ACGTACGTTTGACCAGGTCA').tokens)}")
 
 
-def encode_corpus(tok: Tokenizer, special, seg_dir: Path, tok_dir: Path, batch_size: int) -> dict:
+def encode_corpus(tok: Tokenizer, special, kind: str, seg_dir: Path, tok_dir: Path, batch_size: int) -> dict:
     """Every split's segments -> tokens/<split>.bin; returns each split's counts."""
     wrap = tok.post_processor.num_special_tokens_to_add(False)  # specials added per segment
-    splits = {}
+    encode, splits = batch_encoder(tok, kind), {}
     for split in ("train", "val", "test"):
         src = seg_dir / f"{split}.txt"
         if not src.is_file():  # a token file left by an earlier run whose segments are gone would be read as current
             (tok_dir / f"{split}.bin").unlink(missing_ok=True)
             continue
-        s = splits[split] = encode_split(tok, src, tok_dir / f"{split}.bin", batch_size, special.unk)
+        s = splits[split] = encode_split(encode, src, tok_dir / f"{split}.bin", batch_size, special.unk)
         s["bp_per_token"] = round(s["bp"] / max(1, s["tokens"] - wrap * s["segments"]), 4)
     return splits
 
@@ -256,7 +278,7 @@ def main() -> None:
     describe(tok, special, cfg.tokenizer, time.time() - t0, tok_path)
 
     # 2. encode every split once
-    splits = encode_corpus(tok, special, seg_dir, tok_dir, cfg.tokenizer.encode_batch_size)
+    splits = encode_corpus(tok, special, cfg.tokenizer.kind, seg_dir, tok_dir, cfg.tokenizer.encode_batch_size)
     write_meta(tok, special, cfg.tokenizer.kind, splits, tok_path, train_stats)
     save_config(cfg, tok_dir)
 

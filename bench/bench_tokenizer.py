@@ -51,7 +51,8 @@ if job == "train":
 else:
     tok = {"bpe": lambda: t02.Tokenizer.from_file(sys.argv[4]), "kmer": lambda: t02.kmer_tokenizer(6),
            "char": t02.char_tokenizer}[job]()
-    s = t02.encode_split(tok, seg_path, seg_path.with_suffix(".bin"), 1024, None)
+    enc = t02.batch_encoder(tok, job) if hasattr(t02, "batch_encoder") else tok  # older 02: the tokenizer itself
+    s = t02.encode_split(enc, seg_path, seg_path.with_suffix(".bin"), 1024, None)
     out = {"bp": s["bp"], "tokens": s["tokens"]}
 out["seconds"] = time.perf_counter() - t0
 out["base_rss"] = base

@@ -195,6 +195,7 @@ def print_plan(cfg, genomes: list[Genome]) -> None:
           "size: not on the server, or no answer)" if len(known) < len(genomes) else ""))
     print(f"disk at peak: {(kept + bp + tokens) / GB:,.1f} GB = downloads kept {kept / GB:,.1f} GB (keep_downloads = "
           f"{p.keep_downloads or 'all'}) + segments ~{bp / GB:,.1f} GB + 02's {tc.kind} tokens ~{tokens / GB:,.1f} GB")
+    # 02: char tokens by table lookup, ~60 Mbp/s; tokenizers' encode_batch ~2 Mbp/s per core (bench_genome_list)
+    rate, how = (60e6, "~60 Mbp/s") if tc.kind == "char" else (2e6 * os.cpu_count(), f"~2 Mbp/s x {os.cpu_count()} cores")
     print(f"time: ~{total / 25e6 / 3600:,.1f} h to download at 25 MB/s, ~{bp / 60e6 / 3600:,.1f} h to segment at "
-          f"~60 Mbp/s, ~{bp / 2e6 / os.cpu_count() / 3600:,.1f} h for 02 to encode at ~2 Mbp/s per core "
-          f"({os.cpu_count()} here; bench/bench_genome_list.py measures both)")
+          f"~60 Mbp/s, ~{bp / rate / 3600:,.1f} h for 02 to encode at {how} (bench/bench_genome_list.py measures them)")

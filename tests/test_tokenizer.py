@@ -227,6 +227,16 @@ def test_kmer_and_char_presets_write_token_files(tmp_path, config, kind, vocab, 
     assert meta["splits"]["train"]["bp"] == sum(map(len, train))
 
 
+def test_char_tokens_by_table_lookup_equal_the_tokenizers():
+    t02 = load_script("02_train_tokenizer.py")
+    tok = t02.char_tokenizer()
+    by_table, by_tokenizers = t02.batch_encoder(tok, "char"), t02.batch_encoder(tok, "kmer")
+    assert by_table is not by_tokenizers  # the fast path is taken for char tokens
+    rng = random.Random(7)
+    batch = [_random_dna(rng, rng.randint(1, 300), "ACGTNacgtnRYKMuU") for _ in range(200)]
+    assert np.array_equal(by_table(batch), by_tokenizers(batch))
+
+
 def test_missing_segments_is_one_line_error(tmp_path):
     r = run_script("02_train_tokenizer.py", f"--run.out_dir={tmp_path}")
     assert r.returncode == 1
