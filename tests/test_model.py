@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from model import (
     MaskedLM, ModelConfig, SequenceClassifier, apply_rope, flops_per_token, num_parameters, rope_cos_sin,
 )
-from shelf.hf_keys import hf_roberta_to_ours, ours_to_hf_roberta
+from shelf.hf_roberta import hf_roberta_to_ours, ours_to_hf_roberta
 
 TINY = ModelConfig()  # tinydnabert: the defaults
 AGRONT_1B = ModelConfig(vocab_size=4104, pad_token_id=0, hidden_size=1500, num_layers=40, num_heads=20,
