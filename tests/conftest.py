@@ -25,6 +25,17 @@ def run_script(script: str, *args: str, cwd: Path | None = None, env: dict | Non
                           capture_output=True, text=True, timeout=timeout)
 
 
+def main_as_user(monkeypatch, capsys, script: str, main, *args: str) -> tuple[int, str]:
+    """A script's main() in-process as `python <script> args` runs it (through run_main): -> (exit code, stderr)."""
+    from shelf.errors import run_main
+
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(main)
+    return e.value.code, capsys.readouterr().err
+
+
 def load_script(script: str):
     """Import a numbered script (its name starts with a digit) as a module, to test its functions."""
     import importlib.util

@@ -16,8 +16,7 @@ import time
 import pytest
 
 import shelf.fasta
-from shelf.errors import run_main
-from conftest import ROOT, load_script, run_script
+from conftest import ROOT, load_script, main_as_user, run_script
 
 pp = load_script("01_preprocess.py")
 
@@ -32,12 +31,7 @@ def run01(monkeypatch, out_dir, *args) -> dict:
 
 
 def run01_as_user(monkeypatch, capsys, out_dir, *args) -> tuple[int, str]:
-    """Like run01 but through run_main, as `python 01_preprocess.py` runs: return (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["01_preprocess.py", f"--run.out_dir={out_dir}", *args])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run_main(pp.main)
-    return e.value.code, capsys.readouterr().err
+    return main_as_user(monkeypatch, capsys, "01_preprocess.py", pp.main, f"--run.out_dir={out_dir}", *args)
 
 
 def segments(out_dir, split="train") -> list[str]:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, processors
 
-from shelf.errors import UserError, run_main
+from shelf.errors import UserError
 from shelf.fasta import read_fasta
 from shelf.tokens import load_tokenizer, read_token_meta
-from conftest import ROOT, load_script, run_script
+from conftest import ROOT, load_script, main_as_user, run_script
 from model import ModelConfig
 
 
@@ -258,12 +258,7 @@ def test_bpe_sample_is_capped_and_refused_when_it_cannot_fit(tmp_path, monkeypat
 
 
 def run02_as_user(monkeypatch, capsys, run_dir, *args) -> tuple[int, str]:
-    """02's main() in-process as `python 02_train_tokenizer.py` runs it: -> (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["02_train_tokenizer.py", f"--run.out_dir={run_dir}", *args])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run_main(t02.main)
-    return e.value.code, capsys.readouterr().err
+    return main_as_user(monkeypatch, capsys, "02_train_tokenizer.py", t02.main, f"--run.out_dir={run_dir}", *args)
 
 
 def test_binary_bytes_empty_val_and_an_unfinished_01_are_one_line(tmp_path, monkeypatch, capsys):
