@@ -2,7 +2,8 @@
 One bidirectional Transformer encoder for every preset, written out by hand (no `transformers`).
 
     tinydnabert  RoBERTa: post-LayerNorm, learned pad-aware positions, token types, GELU
-    agront_1b    ESM-like: pre-LayerNorm, learned pad-aware positions, GELU
+    agront_1b    ESM-like: pre-LayerNorm, learned pad-aware positions, GELU (published NT v1 / AgroNT
+                 checkpoints: + an untied decoder, some + token dropout; shelf/hf_keys.py maps them)
     dnafm_7b     DNA FM / AIDO: pre-LayerNorm, RoPE, SwiGLU
 
 Read top to bottom: ModelConfig (the [model] config section) -> rotary positions -> SelfAttention,
@@ -45,6 +46,9 @@ class ModelConfig:
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-5
     init_std: float = 0.02
+    tie_word_embeddings: bool = True  # LM decoder = the word embeddings; False: its own (V, C) matrix (NT, AgroNT)
+    token_dropout: bool = False  # ESM's: <mask> embeddings zeroed, the rest rescaled, in training AND inference
+    mask_token_id: int = -1  # the tokenizer's mask id; read by token_dropout only (-1 = not given)
 
     def __post_init__(self):  # every value is checked here, once, whoever builds the config
         def check(ok, field, msg):
@@ -64,6 +68,8 @@ class ModelConfig:
         check(self.mlp in ("gelu", "swiglu"), "mlp", "must be 'gelu' or 'swiglu'")
         check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         check(0.0 <= self.attention_dropout < 1.0, "attention_dropout", "must be in [0, 1)")
+        check(not self.token_dropout or 0 <= self.mask_token_id < self.vocab_size, "mask_token_id",
+              "token_dropout needs the tokenizer's mask id, in [0, vocab_size)")
 
     @property
     def head_size(self):
@@ -101,7 +107,7 @@ class SelfAttention(nn.Module):
         self.nh, self.hs = cfg.num_heads, cfg.head_size
         # one fused (C -> 3C) matmul for q, k, v: one kernel launch instead of three on GPU (nanoGPT's
         # c_attn); on CPU fused and separate measured the same (tinydnabert shape, fwd+bwd).
-        # Rows [0:C) are q, [C:2C) k, [2C:3C) v (shelf/hf_roberta.py cats/splits along dim 0).
+        # Rows [0:C) are q, [C:2C) k, [2C:3C) v (shelf/hf_keys.py cats/splits along dim 0).
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.bias)
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
         self.attention_dropout = cfg.attention_dropout
@@ -163,6 +169,16 @@ class Block(nn.Module):
 # -----------------------------------------------------------------------------
 # Encoder: embeddings + blocks
 
+def esm_token_dropout(x, is_mask, key_mask):
+    """ESM's token dropout (Hugging Face EsmEmbeddings, numerically): <mask> rows of the word embeddings
+    x (B, T, C) become 0, and each row is scaled by (1 - 0.15 * 0.8) / (1 - its share of <mask> among its
+    real tokens): ESM trained with 12% of tokens masked, so an unmasked sequence at inference is scaled by
+    0.88. is_mask, key_mask: (B, T) bool."""
+    observed = is_mask.sum(-1).float() / key_mask.sum(-1)  # (B,)
+    x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+    return (x * (1 - 0.15 * 0.8) / (1 - observed)[:, None, None]).to(x.dtype)
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -191,6 +207,8 @@ class Encoder(nn.Module):
         key_mask = attention_mask.bool()  # (B, T)
 
         x = self.wte(input_ids)  # (B, T, C)
+        if cfg.token_dropout:
+            x = esm_token_dropout(x, input_ids == cfg.mask_token_id, key_mask)
         if self.wtt is not None:
             x = x + self.wtt.weight[0]
         if self.wpe is not None:
@@ -250,15 +268,18 @@ class EncoderWithHead(nn.Module):
 
 
 class LMHead(nn.Module):
-    """dense -> GELU -> LayerNorm -> decoder. The decoder weight is the word-embedding matrix itself
-    (passed into forward, never stored here), so the tie cannot break: not by to_empty(), not by
-    load_state_dict(), not by FSDP. Only the decoder bias belongs to the head."""
+    """dense -> GELU -> LayerNorm -> decoder. Tied (the default), the decoder weight is the word-embedding
+    matrix itself (passed into forward, never stored here), so the tie cannot break: not by to_empty(),
+    not by load_state_dict(), not by FSDP; only the decoder bias belongs to the head. Untied (NT, AgroNT),
+    the head owns `decoder`, a bias-free (C -> V) Linear, as Hugging Face's EsmLMHead."""
 
     def __init__(self, cfg):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
         self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        if not cfg.tie_word_embeddings:  # created only when untied: the tied model's parameters stay as they were
+            self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def forward(self, h, decoder_weight):
         # h: (..., C) -> logits (..., V)
@@ -275,8 +296,8 @@ class MaskedLM(EncoderWithHead):
         self.init_weights()  # free on the meta device
 
     @property
-    def decoder_weight(self):
-        return self.encoder.wte.weight  # tied: the one and only (V, C) matrix
+    def decoder_weight(self):  # (V, C); tied: the one and only (V, C) matrix
+        return self.encoder.wte.weight if self.cfg.tie_word_embeddings else self.lm_head.decoder.weight
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         """input_ids (B, T) long; labels (B, T) with -100 where there is no target.

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from benchlib import (format_table, gpu_peak_tflops, interleaved_times, load_script, load_str,  # noqa: E402
                       machine_info, paired_ratio, row, write_rows)
 from model import MaskedLM, ModelConfig, flops_per_token  # noqa: E402
-from shelf.hf_roberta import ours_to_hf_roberta  # noqa: E402
+from shelf.hf_keys import ours_to_hf_roberta  # noqa: E402
 
 BPE_SPECIALS, MASK_ID = [0, 1, 2, 3, 4], 4  # <s> <pad> </s> <unk> <mask>, never masked
 TINY = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, ffn_size=64, max_seq_len=64)

@@ -15,5 +15,6 @@ The shelf: machinery the numbered scripts use and a reader may skip. Each file h
     plots.py         every PNG the pipeline draws
     results.py       04's results.csv / results.md, beside the published figures
     demo_data.py     the synthetic demo genome (01) and demo tasks (04)
-    hf_roberta.py    Hugging Face RoBERTa <-> model.py weight names (tests, export)
+    hf_keys.py       Hugging Face RoBERTa / ESM (NT, AgroNT) <-> model.py: weight names, config, vocab.txt
+    inference.py     a trained run loaded, sequences into embeddings (05, README)
 """

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from model import (
     MaskedLM, ModelConfig, SequenceClassifier, apply_rope, flops_per_token, num_parameters, rope_cos_sin,
 )
-from shelf.hf_roberta import hf_roberta_to_ours, ours_to_hf_roberta
+from shelf.hf_keys import hf_roberta_to_ours, ours_to_hf_roberta
 
 TINY = ModelConfig()  # tinydnabert: the defaults
 AGRONT_1B = ModelConfig(vocab_size=4104, pad_token_id=0, hidden_size=1500, num_layers=40, num_heads=20,
@@ -356,6 +356,7 @@ def test_meta_init(variant):
     (dict(dropout=1.0), "dropout"),
     (dict(num_layers=0), "num_layers"),
     (dict(hidden_size=24, num_heads=8, position_embedding="rope"), "num_heads"),  # head size 3 is odd
+    (dict(token_dropout=True), "mask_token_id"),  # ESM's token dropout needs the mask id
 ])
 def test_config_validation(kw, field):
     with pytest.raises(ValueError, match=rf"ModelConfig\.{field}="):
