@@ -228,7 +228,7 @@ def resume_or_start(cfg: Config, world: World, model, optimizer, data: Data, fla
     path = resume_point(cfg.out_dir, "--resume" in flags, "--restart" in flags, world)
     if path is None:
         return 0, []
-    saved = load_checkpoint(path, model, optimizer, world, is_fsdp(model), dataclasses.asdict(cfg.model),
+    saved = load_checkpoint(path, model, optimizer, world, is_fsdp(model), cfg.model,
                             data.tokenizer_sha256, verified=True)
     if saved["step"] > cfg.pretrain.max_steps:
         raise ConfigError(f"pretrain.max_steps = {cfg.pretrain.max_steps:,}: {path} is past it; raise it to at least "

@@ -152,17 +152,25 @@ def save_checkpoint(ckpt_dir: Path, step: int, net, optimizer, extra: dict, worl
     return final
 
 
-def load_checkpoint(path: Path, net, optimizer, world: World, sharded: bool, model_config: dict | None = None,
+def same_model(saved: dict, model_config) -> bool:
+    try:
+        return type(model_config)(**saved) == model_config
+    except (TypeError, ValueError):  # a key this code does not know, or a value it refuses
+        return False
+
+
+def load_checkpoint(path: Path, net, optimizer, world: World, sharded: bool, model_config=None,
                     tokenizer_sha256: str | None = None, verified: bool = False) -> dict:
     """Load model + optimizer into the (possibly wrapped or sharded) model, and this rank's RNG state if
     the world size is unchanged (else the caller re-seeds). Returns meta.pt: step, data position, config.
     Unless `verified` (by verified_checkpoint), the files are checked against SHA256SUMS first. With
-    `model_config` / `tokenizer_sha256`, a checkpoint of another [model] or tokenizer (if it recorded one,
-    older code did not) is refused: all before any weight is touched."""
+    `model_config` (a ModelConfig) / `tokenizer_sha256`, a checkpoint of another [model] or tokenizer (if it
+    recorded one, older code did not) is refused: all before any weight is touched. A [model] key added after
+    the checkpoint was written takes its default, so older checkpoints still resume."""
     if not verified and (why := checkpoint_problem(path, world)):
         raise UserError(f"{path}: {why}")
     extra = torch.load(path / "meta.pt", weights_only=True)
-    if model_config is not None and extra["config"]["model"] != model_config:
+    if model_config is not None and not same_model(extra["config"]["model"], model_config):
         raise UserError(f"{path}: saved with another [model] config; resume with the run's config.toml")
     if tokenizer_sha256 and extra.get("tokenizer_sha256", tokenizer_sha256) != tokenizer_sha256:
         raise UserError(f"{path}: trained with another tokenizer.json (sha256 {extra['tokenizer_sha256'][:12]}… vs "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -438,6 +439,14 @@ def test_resume_with_another_model_shape_is_one_line_not_a_traceback(tmp_path):
     before = {k: v.clone() for k, v in other.state_dict().items()}
     with pytest.raises(UserError, match="another \\[model\\] config"):
         load_checkpoint(path, other, pretrain.configure_optimizer(other, PretrainConfig(), torch.device("cpu")),
-                        World(), sharded=False, model_config=vars(wide).copy())
+                        World(), sharded=False, model_config=wide)
     assert all(torch.equal(other.state_dict()[k], before[k]) for k in before)  # nothing was touched
-    assert load_checkpoint(path, net, opt, World(), sharded=False, model_config=vars(small).copy())["step"] == 2
+    assert load_checkpoint(path, net, opt, World(), sharded=False, model_config=small)["step"] == 2
+    # a checkpoint of older code lacks the [model] keys added since: they take their defaults and it resumes
+    older = {k: v for k, v in vars(small).items() if k not in ("tie_word_embeddings", "token_dropout", "mask_token_id")}
+    extra["config"]["model"] = older
+    path = save_checkpoint(tmp_path / "checkpoints", 3, net, opt, extra | {"step": 3}, World(), sharded=False, keep=3)
+    assert load_checkpoint(path, net, opt, World(), sharded=False, model_config=small)["step"] == 3
+    with pytest.raises(UserError, match="another \\[model\\] config"):  # ... but not with a non-default one
+        load_checkpoint(path, net, opt, World(), sharded=False,
+                        model_config=dataclasses.replace(small, tie_word_embeddings=False))
