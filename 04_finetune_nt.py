@@ -6,12 +6,13 @@ Step 04: fine-tune on the Nucleotide Transformer (NT) benchmark and build the ta
     python 04_finetune_nt.py --finetune.tasks=[promoter_all,enhancers] --finetune.num_seeds=1
     python 04_finetune_nt.py --config configs/demo.toml --finetune.train_sizes=[64,256,0]   # label efficiency
     python 04_finetune_nt.py --finetune.benchmark=local --finetune.data_dir=my_tasks --finetune.inits=[scratch]
+    python 04_finetune_nt.py --finetune.inits='["scratch","hf:InstaDeepAI/nucleotide-transformer-500m-human-ref@<commit>"]'
     python 04_finetune_nt.py --dry-run                                # fetch and check the data, print the plan
     torchrun --nproc_per_node=2 04_finetune_nt.py                     # the ranks share out the runs
 
-A run per task, init ("pretrained": 03's final/model.pt, or "scratch"), label budget (finetune.train_sizes,
-0 = all labels) and seed: a seeded stratified 90/10 train/validation split, the budget's stratified subset of
-the train rows, then
+A run per task, init ("pretrained": 03's final/model.pt, "scratch", or "hf:<org>/<name>@<commit>": a published
+ESM checkpoint, its own tokenizer and shape), label budget (finetune.train_sizes, 0 = all labels) and seed: a
+seeded stratified 90/10 train/validation split, the budget's stratified subset of the train rows, then
   - a linear probe: logistic regression on the frozen encoder's features, before any training (for scratch,
     a seeded random encoder of the same shape: what pretraining adds before fine-tuning);
   - TinyDNABERT's fine-tuning recipe, the best validation-MCC weights scoring the WHOLE test split.
@@ -39,86 +40,18 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from model import SequenceClassifier, configure_optimizer, lr_at
-from shelf.config import PROJECT_ROOT, load_config, save_config
+from shelf import hf_hub
+from shelf.config import load_config, save_config
 from shelf.demo_data import make_demo_tasks
 from shelf.distributed import print0, setup_distributed, teardown_distributed
 from shelf.errors import UserError, run_main
-from shelf.fasta import read_fasta
-from shelf.files import download, file_hash, write_json
-from shelf.results import read_commented_csv, write_results
+from shelf.files import file_hash, write_json
+from shelf.nt_tasks import BENCHMARKS, TaskData, TaskInfo, fetch_task, load_task, task_table
+from shelf.results import write_results
 from shelf.tokens import load_tokenizer
 
-# hub repo and pinned commit (--finetune.revision). "revised": e26a616 ("Add histone marks", Apr 8 2024) added
-# the 10 histone folders to the 8 of the earlier "Rectify naming" commits: the first with all 18 (the hub's tree pages)
-BENCHMARKS = {"revised": {"repo": "nucleotide_transformer_downstream_tasks_revised",
-                          "revision": "e26a616b5acaf009f0841c92c88267a4edcf24ae"},
-              "original": {"repo": "nucleotide_transformer_downstream_tasks",
-                           "revision": "d11d8921f9255e5d657e69443865966e66de3b21"}}
-TASKS_CSV = PROJECT_ROOT / "configs" / "nt_tasks.csv"  # benchmark, task, display, train, test, classes, seq_len
-
-# the name in published tables, record counts, classes; None = unknown (local tasks, original benchmark)
-TaskInfo = namedtuple("TaskInfo", "display train test classes")
-MAX_CLASSES = 1000  # a local task's labels are 0..MAX_CLASSES - 1
-
-
-def task_table(benchmark: str) -> dict[str, TaskInfo]:
-    num = lambda text: int(text) if text else None  # noqa: E731
-    return {r["task"]: TaskInfo(r["display"], num(r["train"]), num(r["test"]), num(r["classes"]))
-            for r in read_commented_csv(TASKS_CSV) if r["benchmark"] == benchmark}
-
-
-def load_task_file(path: Path, num_classes: int | None = None) -> tuple[list[str], np.ndarray]:
-    """NT FASTA, header `name|…|label`. -> (upper-cased sequences, int64 labels); errors name file:line."""
-    if not path.is_file():
-        raise UserError(f"{path}: task file not found")
-    seqs, labels = [], []
-    for rec in read_fasta(path):
-        where, header, text = f"{path}:{rec.line}", rec.header[:60], rec.header.rsplit("|", 1)[-1].strip()
-        if "|" not in rec.header:
-            raise UserError(f"{where}: header {header!r} has no '|label' at its end (expected name|…|label)")
-        try:
-            labels.append(int(text))
-        except ValueError:
-            raise UserError(f"{where}: label {text!r} is not an integer (header {header!r})")
-        if not 0 <= labels[-1] < (num_classes or MAX_CLASSES):
-            raise UserError(f"{where}: label {labels[-1]} is outside the task's classes 0..{(num_classes or MAX_CLASSES) - 1}")
-        if not rec.sequence:
-            raise UserError(f"{where}: record {header!r} has an empty sequence")
-        seqs.append(rec.sequence.upper())  # the tokenizers are trained on upper case
-    if not seqs:
-        raise UserError(f"{path}: no FASTA records (empty file?)")
-    return seqs, np.array(labels, dtype=np.int64)
-
-
-@dataclass
-class TaskData:
-    folder: Path
-    train_x: list  # the sequences, then (finetune_runs) their token ids
-    train_y: np.ndarray
-    test_x: list
-    test_y: np.ndarray
-    classes: int
-
-
-def load_task(task_dir: Path, info: TaskInfo) -> TaskData:
-    """Both splits of one task, checked against each other and against the published counts."""
-    train_x, train_y = load_task_file(task_dir / "train.fna", info.classes)
-    classes = info.classes or int(train_y.max()) + 1  # local task: the train labels define the classes
-    if classes < 2:
-        raise UserError(f"{task_dir / 'train.fna'}: every label is 0; a task needs at least 2 classes")
-    test_x, test_y = load_task_file(task_dir / "test.fna", classes)
-    for split, n, expected in (("train", len(train_y), info.train), ("test", len(test_y), info.test)):
-        if expected is not None and n != expected:
-            raise UserError(f"{task_dir / f'{split}.fna'}: {n:,} records, the benchmark has {expected:,} "
-                            f"(truncated or wrong file? delete it to download again)")
-    return TaskData(task_dir, train_x, train_y, test_x, test_y, classes)
-
-
-def fetch_task(base_url: str, repo: str, revision: str, task: str, dest: Path) -> None:
-    """<task>/{train,test}.fna from the hub into dest, unless there (downloads resume and retry)."""
-    for split in ("train.fna", "test.fna"):
-        if not (dest / split).is_file():
-            download(f"{base_url.rstrip('/')}/{repo}/resolve/{revision}/{task}/{split}", dest / split)
+# how an init's runs start: encoder shape, tokenizer, pad id, weights (None: random), its files' hashes (run hashing)
+Init = namedtuple("Init", "model tok pad_id weights hashes")
 
 
 def encode(tok, seqs: list[str], max_len: int) -> tuple[list[list[int]], int]:
@@ -215,7 +148,7 @@ def run_seed(base_seed: int, task: str, k: int) -> int:
 @dataclass
 class Run:
     task: str
-    init: str  # "pretrained" | "scratch"
+    init: str  # "pretrained" | "scratch" | "hf:<org>/<name>@<commit>"
     train_size: int  # label budget: training rows (0 = all)
     seed: int  # seed index k
     config_hash: str  # of all that decides the result; metrics.json records it
@@ -223,7 +156,8 @@ class Run:
 
     @property
     def name(self) -> str:
-        return f"{self.task}/{self.init}/labels-{self.train_size or 'all'}/seed-{self.seed}"
+        init = self.init.replace(":", "-").replace("/", "--")  # hf:<org>/<name>@<commit>: hf-<org>--<name>@<commit>
+        return f"{self.task}/{init}/labels-{self.train_size or 'all'}/seed-{self.seed}"
 
     @property
     def dir(self) -> Path:
@@ -236,21 +170,21 @@ class Run:
             return False
 
 
-def finetune_one(cfg, run: Run, data: TaskData, pad_id: int, weights, device: str, bar: str | None) -> dict:
+def finetune_one(cfg, run: Run, data: TaskData, init: Init, device: str, bar: str | None) -> dict:
     """Probe, then fine-tune one run; its best validation weights score the test split. -> its metrics."""
     ft, seed, t0 = cfg.finetune, run_seed(cfg.run.seed, run.task, run.seed), time.time()
     bf16 = ft.precision == "bf16" or (ft.precision == "auto" and device.startswith("cuda"))
     amp = {"device_type": device.split(":")[0], "dtype": torch.bfloat16, "enabled": bf16}  # torch.autocast's
     train_rows, val_rows = split_rows(data, ft.val_fraction, run.train_size, seed)
     torch.manual_seed(seed)  # the same seed draws the same head (and, for scratch, the same encoder)
-    model = SequenceClassifier(cfg.model, data.classes, ft.classifier_dropout)
-    if run.init == "pretrained":
+    model = SequenceClassifier(init.model, data.classes, ft.classifier_dropout)
+    if init.weights is not None:
         try:
-            model.load_encoder_from_mlm(weights)
+            model.load_encoder_from_mlm(init.weights)
         except (RuntimeError, ValueError) as e:
-            raise UserError(f"pretrained weights do not fit the [model] config ({str(e).splitlines()[0][:200]})")
+            raise UserError(f"{run.init} weights do not fit the model config ({str(e).splitlines()[0][:200]})")
     model.to(device)
-    batched = partial(in_batches, model, pad_id=pad_id, batch_size=2 * ft.batch_size, device=device, amp=amp)
+    batched = partial(in_batches, model, pad_id=init.pad_id, batch_size=2 * ft.batch_size, device=device, amp=amp)
     probe = linear_probe(batched, data, train_rows, val_rows) if ft.probe else {}  # before any training
     optimizer = configure_optimizer(model, ft, device)  # AdamW, no decay on biases and norms (as 03)
 
@@ -262,7 +196,7 @@ def finetune_one(cfg, run: Run, data: TaskData, pad_id: int, weights, device: st
         if pos + ft.batch_size > len(stream):
             stream, pos = np.concatenate([stream[pos:], rng.permutation(train_rows)]), 0
         rows, pos = stream[pos:pos + ft.batch_size], pos + ft.batch_size
-        x, mask = collate(data.train_x, rows, pad_id)
+        x, mask = collate(data.train_x, rows, init.pad_id)
         y = torch.from_numpy(data.train_y[rows])
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, ft)
@@ -311,7 +245,7 @@ def pick_tasks(ft) -> tuple[list[str], dict[str, TaskInfo], Path]:
 
 
 def get_data(cfg, tasks: list[str], data_root: Path) -> None:
-    """Make the demo tasks or download the benchmark's (local tasks are the user's own files)."""
+    """Make the demo tasks or download the benchmark's (local tasks are the user's own files), and hf: inits."""
     ft = cfg.finetune
     if ft.benchmark == "demo" and not all((data_root / t / f"{s}.fna").is_file() for t in tasks for s in ("train", "test")):
         make_demo_tasks(data_root, cfg.run.seed, {t: (i.train, i.test) for t, i in task_table("demo").items()})
@@ -321,6 +255,8 @@ def get_data(cfg, tasks: list[str], data_root: Path) -> None:
         for task in tasks:
             fetch_task(ft.base_url, repo, revision, task, data_root / task)
         print0(f"benchmark: {repo} at revision {revision} in {data_root}")
+    for init in [i for i in ft.inits if i.startswith("hf:")]:  # published checkpoints, also by rank 0 alone
+        hf_hub.fetch(ft.hub_url, ft.hf_dir, init)
 
 
 def rank_barrier(world):
@@ -331,13 +267,17 @@ def rank_barrier(world):
     return lambda: torch.distributed.barrier(group=group)
 
 
-def load_tokenizer_and_weights(cfg):
-    """-> tokenizer, pad id, the pretrained state_dict (None for scratch only), and the two files' hashes."""
+def load_inits(cfg) -> dict[str, Init]:
+    """-> each init's Init: an hf: init's from its download; pretrained and scratch share the run's tokenizer."""
+    ft = cfg.finetune
+    inits = {i: Init(*hf_hub.load(hf_hub.fetch(ft.hub_url, ft.hf_dir, i)), {}) for i in ft.inits if i.startswith("hf:")}
+    if not {"pretrained", "scratch"} & set(ft.inits):
+        return inits  # published checkpoints only: no run of 02/03 needed
     tok_path = cfg.out_dir / "tokenizer.json"
-    weights_path = Path(cfg.finetune.pretrained) if cfg.finetune.pretrained else cfg.out_dir / "final" / "model.pt"
+    weights_path = Path(ft.pretrained) if ft.pretrained else cfg.out_dir / "final" / "model.pt"
     tok, special = load_tokenizer(tok_path, cfg.model)
     hashes, weights = {"tokenizer": file_hash(tok_path), "weights": None}, None
-    if "pretrained" in cfg.finetune.inits:
+    if "pretrained" in ft.inits:
         if not weights_path.is_file():
             raise UserError(f"{weights_path}: pretrained weights not found (run 03_pretrain.py first, "
                             f"or fine-tune from scratch only: --finetune.inits=[scratch])")
@@ -351,14 +291,15 @@ def load_tokenizer_and_weights(cfg):
             weights = torch.load(weights_path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:
             raise UserError(f"{weights_path}: not a loadable state_dict ({str(e).splitlines()[0]})")
-    return tok, special.pad, weights, hashes
+    return inits | {"pretrained": Init(cfg.model, tok, special.pad, weights, hashes),
+                    "scratch": Init(cfg.model, tok, special.pad, None, {**hashes, "weights": None})}
 
 
-def plan_runs(cfg, tasks: list[str], data_root: Path, hashes: dict, world) -> tuple[list[Run], list[Run]]:
+def plan_runs(cfg, tasks: list[str], data_root: Path, inits: dict[str, Init], world) -> tuple[list[Run], list[Run]]:
     """-> all runs and those to do: those without a metrics.json of the same hash of all that decides a result."""
     ft = cfg.finetune
-    recipe = {k: v for k, v in asdict(ft).items() if k not in (
-        "benchmark", "base_url", "revision", "data_dir", "pretrained", "tasks", "inits", "train_sizes", "num_seeds")}
+    recipe = {k: v for k, v in asdict(ft).items() if k not in ("benchmark", "base_url", "revision", "data_dir",
+              "pretrained", "tasks", "inits", "hub_url", "hf_dir", "train_sizes", "num_seeds")}
     runs = []
     for task in tasks:  # task first: a rank loads each task's data once
         files = {split: data_root / task / f"{split}.fna" for split in ("train", "test")}
@@ -366,9 +307,8 @@ def plan_runs(cfg, tasks: list[str], data_root: Path, hashes: dict, world) -> tu
             raise UserError(f"{missing[0]}: task file not found")
         data = {split: file_hash(path) for split, path in files.items()}
         for init, size, k in product(ft.inits, ft.train_sizes, range(ft.num_seeds)):
-            ident = {"recipe": recipe, "model": asdict(cfg.model), "seed": cfg.run.seed, "task": task, "init": init,
-                     "train_size": size, "k": k, "tokenizer": hashes["tokenizer"], "data": data,
-                     "weights": hashes["weights"] if init == "pretrained" else None}
+            ident = {"recipe": recipe, "model": asdict(inits[init].model), "seed": cfg.run.seed, "task": task,
+                     "init": init, "train_size": size, "k": k, "data": data, **inits[init].hashes}
             run_hash = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
             runs.append(Run(task, init, size, k, run_hash, cfg.out_dir / "finetune"))
     todo = [run for run in runs if not run.is_done()]
@@ -378,18 +318,19 @@ def plan_runs(cfg, tasks: list[str], data_root: Path, hashes: dict, world) -> tu
     return runs, todo
 
 
-def finetune_runs(cfg, runs: list[Run], data_root: Path, infos: dict, tok, pad_id: int, weights, world) -> None:
+def finetune_runs(cfg, runs: list[Run], data_root: Path, infos: dict, inits: dict[str, Init], world) -> None:
     """Fine-tune this rank's runs, each ending with its metrics.json; one task's data in memory at a time."""
-    data, max_len, rank = None, cfg.model.max_seq_len, f"[rank {world.rank}] " if world.is_distributed else ""
+    data, tok, rank = None, None, f"[rank {world.rank}] " if world.is_distributed else ""
     for n, run in enumerate(runs, start=1):
-        if data is None or data.folder.name != run.task:  # the runs are sorted by task
-            data = load_task(data_root / run.task, infos[run.task])
+        init = inits[run.init]  # the runs are sorted by task, then init: read again for an hf: init's own tokenizer
+        if data is None or data.folder.name != run.task or init.tok is not tok:
+            tok, max_len, data = init.tok, init.model.max_seq_len, load_task(data_root / run.task, infos[run.task])
             (data.train_x, n_train), (data.test_x, n_test) = (encode(tok, x, max_len) for x in (data.train_x, data.test_x))
             if n_train or n_test:
                 print(f"{rank}warning: {run.task}: {n_train:,} of {len(data.train_y):,} train and {n_test:,} of "
                       f"{len(data.test_y):,} test sequences are longer than model.max_seq_len = {max_len} tokens "
                       "and were truncated", flush=True)
-        m = finetune_one(cfg, run, data, pad_id, weights, world.device,
+        m = finetune_one(cfg, run, data, init, world.device,
                          bar=f"{run.name} ({n}/{len(runs)})" if world.is_main else None)
         write_json(run.dir / "metrics.json", {**m, "truncated": {"train": n_train, "test": n_test}})
         probe = f"  probe test MCC {m['probe_test_mcc']:.4f}" if "probe_test_mcc" in m else ""
@@ -406,15 +347,15 @@ def main():
     if world.is_main:  # rank 0 makes or downloads the data while the others wait
         get_data(cfg, tasks, data_root)
     wait_for_all_ranks()
-    tok, pad_id, weights, hashes = load_tokenizer_and_weights(cfg)
-    runs, todo = plan_runs(cfg, tasks, data_root, hashes, world)
+    inits = load_inits(cfg)
+    runs, todo = plan_runs(cfg, tasks, data_root, inits, world)
     if "--dry-run" in flags:  # parse every task file too, so a dry run checks the data
         for task in tasks:
             data = load_task(data_root / task, infos[task])
             print0(f"  {task}: {len(data.train_y):,} train / {len(data.test_y):,} test, {data.classes} classes")
         return teardown_distributed()
     # torchrun: the ranks share out the runs, each one process on one device, so results don't depend on ranks
-    finetune_runs(cfg, todo[world.rank::world.size], data_root, infos, tok, pad_id, weights, world)
+    finetune_runs(cfg, todo[world.rank::world.size], data_root, infos, inits, world)
     wait_for_all_ranks()
     if world.is_main:
         rows = [json.loads((run.dir / "metrics.json").read_text()) for run in runs]

@@ -13,7 +13,6 @@ runs once per size in its own process; wall seconds include its start-up (import
 RSS is that process's own (ru_maxrss). Writes bench/results/genome_list.csv.
 """
 
-import argparse
 import hashlib
 import http.server
 import json
@@ -24,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import conftest, format_table, load_str, machine_info, row, write_rows
+from benchlib import conftest, format_table, load_str, machine_info, row, two_sizes, write_rows
 from bench_preprocess import make_genome, timed
 
 
@@ -75,11 +74,7 @@ def run_size(tmp: Path, manifest: str, gbp: float) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--gbp", type=float, default=0.3, help="size of the large corpus, Gbp")
-    ap.add_argument("--small-gbp", type=float, default=0.1, help="size of the small corpus (memory baseline)")
-    ap.add_argument("--genome-mbp", type=float, default=20.0, help="size of each genome, Mbp")
-    args = ap.parse_args()
+    args = two_sizes(__doc__, "gbp", 0.3, 0.1, "corpus", ("--genome-mbp", 20.0, "size of each genome, Mbp"))
 
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_genome_list_") as tmp:
@@ -99,18 +94,18 @@ def main():
               f"{r['pp_rss_mib']:>10,} {r['tok_s']:>7.1f} {r['tok_mbp_s']:>9.1f} {r['tok_rss_mib']:>10,} "
               f"{r['load_avg_1m']:>5.1f}")
     small, big = results
-    rows = [row("15", f"01_preprocess peak RSS, genome list {big['gbp']:g} / {small['gbp']:g} Gbp",
+    rows = [row("6", f"01_preprocess peak RSS, genome list {big['gbp']:g} / {small['gbp']:g} Gbp",
                 f"{small['pp_rss_mib']:,} MiB", f"{big['pp_rss_mib']:,} MiB", big["pp_rss_mib"] / small["pp_rss_mib"],
                 "<= 1.2", f"{big['genomes']} genomes of {args.genome_mbp:g} Mbp, keep_downloads=2"),
-            row("15", f"02_train_tokenizer (char) peak RSS, {big['gbp']:g} / {small['gbp']:g} Gbp",
+            row("6", f"02_train_tokenizer (char) peak RSS, {big['gbp']:g} / {small['gbp']:g} Gbp",
                 f"{small['tok_rss_mib']:,} MiB", f"{big['tok_rss_mib']:,} MiB",
                 big["tok_rss_mib"] / small["tok_rss_mib"], "<= 1.2"),
-            row("15", f"01 throughput at {big['gbp']:g} Gbp (127.0.0.1 download + md5 + segment, whole command)",
+            row("6", f"01 throughput at {big['gbp']:g} Gbp (127.0.0.1 download + md5 + segment, whole command)",
                 ours=f"{big['pp_mbp_s']:,.1f} Mbp/s", note=f"parse alone {big['pp_parse_mbp_s']:,.1f} Mbp/s"),
-            row("15", f"02 char encode throughput at {big['gbp']:g} Gbp (whole command)",
+            row("6", f"02 char encode throughput at {big['gbp']:g} Gbp (whole command)",
                 ours=f"{big['tok_mbp_s']:,.1f} Mbp/s")]
     print("\n" + format_table(rows))
-    rows += [row("15", f"detail {r['gbp']:g} Gbp") | r for r in results]  # the table above, as columns
+    rows += [row("6", f"detail {r['gbp']:g} Gbp") | r for r in results]  # the table above, as columns
     path = write_rows("genome_list", rows, meta={"date": time.strftime("%Y-%m-%d %H:%M"), "load": load_str(),
                                                  **machine_info()})
     print(f"wrote {path}")

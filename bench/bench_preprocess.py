@@ -13,7 +13,6 @@ parse s" is its streaming loop alone, as 01 itself reports it in stats.json ("se
 Prints a table and writes bench/results/preprocess.csv.
 """
 
-import argparse
 import csv
 import json
 import os
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchlib import two_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,11 +68,7 @@ def timed(cmd: list[str]) -> tuple[float, float, float]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mbp", type=float, default=300.0, help="size of the large genome, million bp")
-    ap.add_argument("--small-mbp", type=float, default=30.0, help="size of the small genome (memory baseline)")
-    ap.add_argument("--repeats", type=int, default=2, help="timings per size; the best is kept")
-    args = ap.parse_args()
+    args = two_sizes(__doc__, "mbp", 300.0, 30.0, "genome", ("--repeats", 2, "timings per size; the best is kept"))
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_preprocess_") as tmp:

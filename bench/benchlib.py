@@ -7,6 +7,7 @@ better) and `met` compares it with `target` ("<= 1.0", ">= 20", ...); a row that
 measured has ratio "" and says why in `note` ("not measured (no GPU)").
 """
 
+import argparse
 import csv
 import functools
 import os
@@ -25,6 +26,17 @@ import conftest  # noqa: E402
 from shelf.files import atomic_write  # noqa: E402
 
 ROW_FIELDS = ("figure", "what", "baseline", "ours", "ratio", "target", "met", "note")
+
+
+def two_sizes(doc: str, unit: str, large: float, small: float, what: str, extra: tuple) -> argparse.Namespace:
+    """The command line of a peak-memory benchmark: a large size and a small one, the baseline its RSS is
+    compared to (flat in size = streaming), and one more option `extra` = (flag, default, help)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument(f"--{unit}", type=float, default=large, help=f"size of the large {what}, {unit}")
+    ap.add_argument(f"--small-{unit}", type=float, default=small, help=f"size of the small {what} (memory baseline)")
+    flag, default, help_text = extra
+    ap.add_argument(flag, type=type(default), default=default, help=help_text)
+    return ap.parse_args()
 
 
 def row(figure, what, baseline="", ours="", ratio=None, target="", note=""):

@@ -16,7 +16,6 @@ bench/results/logs/<script>.log. GPU figures say "not measured (no GPU)" on a ma
 import argparse
 import csv
 import datetime
-import os
 import subprocess
 import sys
 import time
@@ -123,6 +122,7 @@ BENCHES = [
     Bench("4", "bench_pretrain.py", "pretrain_cuda.csv", ["--device", "cuda", "--repeats", "3"],
           ["--device", "cuda", "--out", str(RESULTS / "pretrain_cuda.csv")], gpu_only=True),
     Bench("5", "bench_fsdp.py", "bench_fsdp.csv", ["--layers", "2", "--batch", "1", "--steps", "5"]),
+    Bench("6", "bench_genome_list.py", "genome_list.csv", ["--gbp", "0.02", "--small-gbp", "0.005", "--genome-mbp", "2"]),
 ]
 for b in BENCHES:  # the cuda entries write their own files, in quick mode too
     if b.gpu_only:

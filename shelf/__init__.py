@@ -16,5 +16,7 @@ The shelf: machinery the numbered scripts use and a reader may skip. Each file h
     results.py       04's results.csv / results.md, beside the published figures
     demo_data.py     the synthetic demo genome (01) and demo tasks (04)
     hf_keys.py       Hugging Face RoBERTa / ESM (NT, AgroNT) <-> model.py: weight names, config, vocab.txt
+    nt_tasks.py      04's task files: the NT benchmark's pinned repos and counts, download, checked reading
+    hf_hub.py        04's hf: inits: a pinned hub checkpoint fetched (sha256-checked) and loaded into our classes
     inference.py     a trained run loaded, sequences into embeddings (05, README)
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import tomllib
 import typing
@@ -24,6 +25,7 @@ from shelf.files import atomic_write
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "tinydnabert.toml"
 PRECISIONS = ("auto", "fp32", "bf16")  # "auto": bf16 autocast on CUDA, fp32 on CPU
+HF_INIT = re.compile(r"hf:[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*@[0-9a-f]{40}")  # a hub repo, pinned
 
 
 def checker(section: str, values):
@@ -148,11 +150,15 @@ class PretrainConfig:
 class FinetuneConfig:
     benchmark: str = "revised"  # "revised" (TinyDNABERT's 18) | "original" | "demo" | "local" (<data_dir>/<task>/)
     base_url: str = "https://huggingface.co/datasets/InstaDeepAI"  # + /<repo>/resolve/<revision>/<task>/<split>.fna
-    revision: str = ""  # hub revision; "" = the benchmark's pinned default (BENCHMARKS in 04_finetune_nt.py)
+    revision: str = ""  # hub revision; "" = the benchmark's pinned default (BENCHMARKS in shelf/nt_tasks.py)
     data_dir: str = "data/nt_benchmark"  # task files live in <data_dir>/<benchmark>/<task>/ ("local": <data_dir>/<task>/)
     pretrained: str = ""  # MaskedLM state_dict for init "pretrained"; "" = <run.out_dir>/final/model.pt
     tasks: list[str] = field(default_factory=list)  # empty = every task of the benchmark
+    # "pretrained" (03's weights), "scratch" (random), or a published ESM checkpoint (NT v1, AgroNT) at a pinned commit,
+    # "hf:<org>/<name>@<40-hex commit>": fetched into <hf_dir>/<org>/<name>/<commit>/, its own tokenizer and shape
     inits: list[str] = field(default_factory=lambda: ["pretrained", "scratch"])
+    hub_url: str = "https://huggingface.co"  # hf: inits: <hub_url>/<repo>/resolve/<commit>/<file>, <hub_url>/api/...
+    hf_dir: str = "data/hf"  # hf: inits' downloads (shared cache: a verified file is never fetched twice)
     num_seeds: int = 3  # runs per (task, init, train size); each seed also draws its own validation split
     train_sizes: list[int] = field(default_factory=lambda: [0])  # label budgets: training labels per run (0 = all)
     probe: bool = True  # also a linear probe on the frozen encoder (pretrained or random), before fine-tuning
@@ -175,8 +181,10 @@ class FinetuneConfig:
         check = checker("finetune", self)
         check("benchmark", self.benchmark in ("revised", "original", "demo", "local"),
               "expected revised, original, demo or local")
-        check("inits", bool(self.inits) and set(self.inits) <= {"pretrained", "scratch"},
-              "expected a non-empty list of pretrained, scratch")
+        check("inits", bool(self.inits) and all(i in ("pretrained", "scratch") or HF_INIT.fullmatch(i)
+                                                for i in self.inits),
+              "expected a non-empty list of pretrained, scratch, hf:<org>/<name>@<commit> (the full 40-hex commit, "
+              "from the model's History page on the hub: a branch or tag can move)")
         for key in ("num_seeds", "batch_size", "max_steps", "eval_interval"):
             check(key, getattr(self, key) >= 1, "must be at least 1")
         check("train_sizes", bool(self.train_sizes) and min(self.train_sizes) >= 0,

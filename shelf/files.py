@@ -103,15 +103,15 @@ def is_verified(dest: str | Path, md5: str | None = None) -> bool:
     return bool(recorded) and (md5 is None or recorded[0] == md5.lower())
 
 
-def download(url: str, dest: str | Path, md5: str | None = None, *, retries: int = 5, backoff_s: float = 1.0,
-             timeout_s: float = 60.0, quiet: bool = False, offline_hint: str = "") -> Path:
+def download(url: str, dest: str | Path, md5: str | None = None, *, sha256: str | None = None, retries: int = 5,
+             backoff_s: float = 1.0, timeout_s: float = 60.0, quiet: bool = False, offline_hint: str = "") -> Path:
     """Fetch `url` (http/https) to `dest` once; return `dest`.
 
     - Streams into `<dest>.part` with a progress bar in bytes. An interrupted transfer (dropped
       connection, killed process) resumes from the .part size with an HTTP `Range` request.
     - Network errors, timeouts and HTTP 408/429/5xx are retried with back-off (backoff_s * 2^k seconds,
       at most `retries` times in a row); a transfer that made progress is resumed at once.
-    - Checks the md5 when one is given (else only the length), renames into place and writes
+    - Checks the md5 and the sha256 when given (else only the length), renames into place and writes
       `<dest>.md5` (md5sum format). A verified file is never downloaded again; a file that fails the
       check is deleted, never used (UserError, exit 1). HTTP 404/410 raise NotFound; a host name that
       does not resolve fails at once, with `offline_hint` (what to do instead) in its message.
@@ -127,9 +127,12 @@ def download(url: str, dest: str | Path, md5: str | None = None, *, retries: int
 
     def accept(path: Path) -> Path:
         digest = file_hash(path, "md5")
-        if md5 is not None and digest != md5:
-            path.unlink()
-            raise UserError(f"{url}: md5 mismatch (expected {md5}, got {digest}); the file was deleted, not used")
+        checks = [("md5", md5, digest)] + ([("sha256", sha256.lower(), file_hash(path))] if sha256 else [])
+        for algorithm, expected, got in checks:
+            if expected is not None and got != expected:
+                path.unlink()
+                raise UserError(f"{url}: {algorithm} mismatch (expected {expected}, got {got}); the file was deleted, "
+                                "not used")
         os.replace(path, dest)
         with atomic_write(dest.with_name(dest.name + ".md5")) as f:
             f.write(f"{digest}  {dest.name}\n")

@@ -97,11 +97,11 @@ def plot_mcc_vs_labels(path: Path, panels: dict[str, dict[str, list[tuple[int, l
             x, runs = [p[0] for p in points], [np.array(p[1]) for p in points]
             sd = [r.std(ddof=1) if len(r) > 1 else 0.0 for r in runs]
             probe = label.startswith("probe")
-            ax.errorbar(x, [r.mean() for r in runs], yerr=None if probe else sd, color=COLORS[label],
-                        ls="--" if probe else "-", marker="" if probe else "o", capsize=3, label=label)
-            if not probe:  # every seed, a dot
+            bars = ax.errorbar(x, [r.mean() for r in runs], yerr=None if probe else sd, color=COLORS.get(label),
+                               ls="--" if probe else "-", marker="" if probe else "o", capsize=3, label=label)
+            if not probe:  # every seed, a dot, in its line's colour (an hf: init's is matplotlib's next)
                 ax.scatter(np.repeat(x, [len(r) for r in runs]), np.concatenate(runs), s=12, alpha=0.5,
-                           color=COLORS[label])
+                           color=bars.lines[0].get_color())
         ax.set(xscale="log", xlabel="training labels (log scale)", ylabel="test MCC", title=task)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

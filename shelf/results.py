@@ -25,6 +25,16 @@ PROBED = {"scratch": "probe: random encoder", "pretrained": "probe: pretrained"}
 PUBLISHED = {"tinydnabert_scratch": "TinyDNABERT scratch", "tinydnabert": "TinyDNABERT", "nt_sota": "NT SOTA"}
 
 
+def init_columns(rows: list[dict]) -> tuple[dict[str, str], dict[str, str]]:
+    """-> init -> header, fine-tuned and probed: ours, then each hf: init run, named hf:<name>@<short commit>."""
+    finetuned, probed = dict(FINETUNED), dict(PROBED)
+    for init in dict.fromkeys(r["init"] for r in rows if r["init"].startswith("hf:")):
+        repo, _, commit = init.rpartition("@")
+        name = f"hf:{repo.rsplit('/', 1)[-1]}@{commit[:7]}"
+        finetuned[init], probed[init] = f"fine-tuned {name}", f"probe: {name}"
+    return finetuned, probed
+
+
 def read_commented_csv(path: Path) -> list[dict]:
     """A CSV whose leading '#' lines are comments (the citation of the figures in it)."""
     with open(path) as f:
@@ -66,10 +76,11 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def at_all_labels(runs: dict, tasks: list[str], size: int, ref: dict) -> dict[str, dict]:
+def at_all_labels(runs: dict, tasks: list[str], size: int, ref: dict, inits: tuple[dict, dict]) -> dict[str, dict]:
     """The columns of table 1: header -> {task: (mean, s.d.) or None}, at label budget `size`."""
-    cols = {FINETUNED[i]: {t: over_seeds(runs[t, i, size], "test_mcc") for t in tasks} for i in FINETUNED}
-    cols |= {PROBED[i]: {t: over_seeds(runs[t, i, size], "probe_test_mcc") for t in tasks} for i in PROBED}
+    (finetuned, probed), cols = inits, {}
+    for col, names in (("test_mcc", finetuned), ("probe_test_mcc", probed)):
+        cols |= {name: {t: over_seeds(runs[t, i, size], col) for t in tasks} for i, name in names.items()}
     return cols | {PUBLISHED[c]: {t: float(ref[t][c]) if t in ref else None for t in tasks} for c in PUBLISHED}
 
 
@@ -95,26 +106,27 @@ def headline_ratios(cols: dict[str, dict], ref_tasks: list[str]) -> list[str]:
             *md_table(["", "gain of pretraining over scratch", "share of NT SOTA"], body), ""]
 
 
-def label_efficiency(runs: dict, tasks: list[str], infos: dict, budgets: list[int]) -> list[str]:
+def label_efficiency(runs: dict, tasks: list[str], infos: dict, budgets: list[int],
+                     inits: tuple[dict, dict]) -> list[str]:
     """Table 2: per task and label budget, fine-tuned and probed, and the paired gain of pretraining."""
-    body = []
+    (finetuned, probed), body = inits, []
     for t in tasks:
         for b in budgets:
-            n = next(r["n_train"] for i in FINETUNED for r in runs[t, i, b])
+            n = next(r["n_train"] for i in finetuned for r in runs[t, i, b])
             paired = {r["seed"]: r["test_mcc"] for r in runs[t, "scratch", b]}  # same seed: same labels and split
             gain = [r["test_mcc"] - paired[r["seed"]] for r in runs[t, "pretrained", b] if r["seed"] in paired]
             body.append([infos[t].display, f"{n:,}" if b == n else f"all ({n:,})",
-                         *(fmt(over_seeds(runs[t, i, b], "test_mcc")) for i in FINETUNED),
+                         *(fmt(over_seeds(runs[t, i, b], "test_mcc")) for i in finetuned),
                          fmt(mean_sd(gain) if gain else None),
-                         *(fmt(over_seeds(runs[t, i, b], "probe_test_mcc")) for i in PROBED)])
+                         *(fmt(over_seeds(runs[t, i, b], "probe_test_mcc")) for i in probed)])
     return ["## Label efficiency: test MCC by number of training labels", "",
-            *md_table(["task", "labels", *FINETUNED.values(), "pretrained − scratch", *PROBED.values()], body), ""]
+            *md_table(["task", "labels", *finetuned.values(), "pretrained − scratch", *probed.values()], body), ""]
 
 
-def curves(runs: dict, task: str, budgets: list[int]) -> dict[str, list[tuple[int, list[float]]]]:
+def curves(runs: dict, task: str, budgets: list[int], inits: tuple[dict, dict]) -> dict[str, list[tuple[int, list]]]:
     """mcc_vs_labels.png's lines for one task: header -> [(training labels, test MCC of each seed)] per budget."""
     out = {}
-    for col, names in (("test_mcc", FINETUNED), ("probe_test_mcc", PROBED)):
+    for col, names in zip(("test_mcc", "probe_test_mcc"), inits):
         for init, name in names.items():
             points = [(rs[0]["n_train"], [r[col] for r in rs]) for b in budgets
                       if (rs := [r for r in runs[task, init, b] if r.get(col) is not None])]
@@ -163,23 +175,24 @@ def write_results(out: Path, rows: list[dict], tasks: list[str], infos: dict, be
     budgets = sorted({r["train_size"] for r in rows}, key=lambda b: b or math.inf)  # 0 (all labels) last
     ref = {r["task"]: r for r in read_commented_csv(REFERENCE_CSV)}
     ref_tasks = [t for t in tasks if t in ref]
-    cols = at_all_labels(runs, tasks, budgets[-1], ref)
+    inits = init_columns(rows)  # init -> its headers, fine-tuned and probed
+    cols = at_all_labels(runs, tasks, budgets[-1], ref, inits)
     heading = "all training labels" if budgets[-1] == 0 else f"{budgets[-1]:,} training labels (the largest budget)"
     table1 = [f"## Test MCC with {heading}", "",
               *md_table(["task", *cols], [[infos[t].display, *(fmt(col[t]) for col in cols.values())] for t in tasks]
                         + [["**mean**", *(fmt(column_mean(col.values())) for col in cols.values())]]), ""]
     ratios = headline_ratios(cols, ref_tasks) if ref_tasks else []  # no published figures: no ratios
-    table2 = label_efficiency(runs, tasks, infos, budgets) if len(budgets) > 1 else []
+    table2 = label_efficiency(runs, tasks, infos, budgets, inits) if len(budgets) > 1 else []
     probed = any(r.get("probe_test_mcc") is not None for r in rows)
     note = [limits(rows, budgets, probed), ""]
     with atomic_write(out / "results.md") as f:
         f.write("\n".join(intro(benchmark, probed, bool(ref_tasks)) + table1 + ratios + table2 + note))
     plots = [out / "mcc.png"]
     plot_mcc(plots[0], [infos[t].display for t in tasks],
-             {h: [cols[h][t] for t in tasks] for h in (*FINETUNED.values(), *PUBLISHED.values())})
+             {h: [cols[h][t] for t in tasks] for h in (*inits[0].values(), *PUBLISHED.values())})
     if len(budgets) > 1:
         plots.append(out / "mcc_vs_labels.png")
-        plot_mcc_vs_labels(plots[1], {infos[t].display: curves(runs, t, budgets) for t in tasks})
+        plot_mcc_vs_labels(plots[1], {infos[t].display: curves(runs, t, budgets, inits) for t in tasks})
     print0(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {', '.join(str(p) for p in plots)}\n")
     print0("\n".join(ratios + note + table1 + table2))  # the run ends with the label-efficiency table
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from shelf import nt_tasks
 from shelf.config import load_config
 from shelf.errors import ConfigError, UserError
 from shelf.results import REFERENCE_CSV
@@ -97,7 +98,7 @@ def read_csv(path: Path) -> list[dict]:
 def test_header_variants(tmp_path):
     p = tmp_path / "train.fna"
     p.write_text(">a|0\nacgt\n>chr1:10-20|+|x|1\nACGT\nAC\n> seq with spaces | 1 \nGGTT\n")
-    seqs, labels = ft.load_task_file(p, 2)
+    seqs, labels = nt_tasks.load_task_file(p, 2)
     assert seqs == ["ACGT", "ACGTAC", "GGTT"]  # upper-cased, multi-line joined
     assert labels.tolist() == [0, 1, 1]
 
@@ -115,7 +116,7 @@ def test_loader_errors_name_file_and_line(tmp_path, text, where, what):
     p = tmp_path / "test.fna"
     p.write_text(text)
     with pytest.raises(UserError) as e:
-        ft.load_task_file(p, 2)
+        nt_tasks.load_task_file(p, 2)
     msg = str(e.value)
     assert msg.startswith(f"{p}{where}") and what in msg and "\n" not in msg
 
@@ -150,7 +151,7 @@ def test_demo_tasks_are_deterministic_and_match_the_table(tmp_path):
 
 
 def test_reference_table_is_shipped_with_its_means():
-    ref = ft.read_commented_csv(REFERENCE_CSV)
+    ref = nt_tasks.read_commented_csv(REFERENCE_CSV)
     revised = ft.task_table("revised")
     assert [r["task"] for r in ref] == list(revised) and len(ref) == 18
     for col, published in (("nt_sota", 0.685), ("tinydnabert_scratch", 0.511), ("tinydnabert", 0.612)):
@@ -358,7 +359,7 @@ def test_promoter_core_from_scratch_reaches_mcc_045(tmp_path, shared_data):
     # measured with run.seed 1337, seeds 0/1/2: test MCC 0.508 / 0.502 / 0.509 (4-mer logistic regression: 0.551)
     task_dir = shared_data / "tasks" / "promoter_core"
     run = tmp_path / "run"
-    seqs = [r.sequence for r in ft.read_fasta(task_dir / "train.fna")]
+    seqs = [r.sequence for r in nt_tasks.read_fasta(task_dir / "train.fna")]
     bpe_tokenizer(run / "tokenizer.json", seqs, vocab_size=256)  # ~22 tokens per 70 bp sequence
     r = run_script("04_finetune_nt.py", "--config", str(ROOT / "configs/demo.toml"), f"--run.out_dir={run}",
                    "--model.vocab_size=256", "--model.pad_token_id=1", "--model.hidden_size=128",
