@@ -67,6 +67,12 @@ def demo_fasta(path: Path, seed: int, n: int = 4) -> Path:
     return path
 
 
+def motif_spans(header: str) -> list[tuple[int, int]]:
+    """`name motifs=61-66,70-75` (the --demo headers; a header of yours may say the same) -> [(61, 66), (70, 75)]."""
+    m = re.search(r"motifs=([\d,-]+)", header)
+    return [(int(a), int(b)) for a, b in re.findall(r"(\d+)-(\d+)", m.group(1))] if m else []
+
+
 def changed(a, b) -> list[int]:
     """Indices of a's tokens that b does not have, same id at the same span (bp): the re-tokenized window."""
     other = set(zip(b.ids, b.offsets))
@@ -113,14 +119,17 @@ def score_sequence(model, tok, mask_id: int, seq: str) -> np.ndarray:
     return scores
 
 
-def plot_heatmap(scores: np.ndarray, seq: str, title: str, path: Path) -> None:
-    """4 x L heatmap, rows A C G T; blue: the model dislikes the substitution, red: prefers it; dots: reference."""
+def plot_heatmap(scores: np.ndarray, seq: str, title: str, path: Path, spans=()) -> None:
+    """4 x L heatmap, rows A C G T; blue: the model dislikes the substitution, red: prefers it; dots: reference;
+    boxes: `spans` [(first, last) bp, 1-based], e.g. the motifs a --demo header names."""
     L, lim = scores.shape[1], float(np.nanmax(np.abs(scores))) or 1.0
     fig, ax = plt.subplots(figsize=(min(40.0, 2.5 + 0.1 * L), 2.4))
     im = ax.imshow(scores, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest",
                    extent=(0.5, L + 0.5, 3.5, -0.5))
     ref = [(i + 1, BASES.index(c)) for i, c in enumerate(seq.upper()) if c in BASES]
     ax.scatter(*zip(*ref), s=2, c="black", marker=".")
+    for first, last in spans:
+        ax.add_patch(plt.Rectangle((first - 0.5, -0.5), last - first + 1, 4, fill=False, lw=1.2, ec="black"))
     ax.set(yticks=range(4), yticklabels=list(BASES), xlabel="position (bp)", title=title)
     fig.colorbar(im, ax=ax, label="log p(alt) - log p(ref)", fraction=0.03, pad=0.01)
     fig.tight_layout()
@@ -150,7 +159,7 @@ def main() -> None:
                 for k, a in enumerate(BASES) if a != r]
         rows += [f"{name}\t{i + 1}\t{r}\t{a}\t{score:.4f}" for i, r, a, score in subs]
         plot_heatmap(scores, rec.sequence, f"{name}: in-silico mutagenesis ({cfg.run.name})",
-                     out / f"{n:03d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:60]}.png")
+                     out / f"{n:03d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:60]}.png", motif_spans(rec.header))
         print(f"{name}: {len(rec.sequence):,} bp, {len(subs):,} substitutions, mean |score| "
               f"{np.mean([abs(s[3]) for s in subs]) if subs else float('nan'):.3f} nats")
 
