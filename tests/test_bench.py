@@ -82,3 +82,29 @@ def test_run_all_survives_missing_and_failing_scripts(tmp_path, monkeypatch):
     assert [r["figure"] for r in summary] == ["6", "8", "7"]
     md = (results / "summary.md").read_text()
     assert "fake step" in md and "date:" in md and "load average" in md
+
+
+def test_kmer_baseline_fits_on_04s_training_rows(tmp_path):
+    """Each (budget, seed) is fitted on exactly the rows 04's run of the same (task, budget, seed) trains on,
+    so its MCC sits beside 04's label-efficiency table as a paired comparison."""
+    import csv
+    import subprocess
+
+    import numpy as np
+    from test_finetune import ft, write_task
+
+    write_task(tmp_path / "motif", 200, 60)
+    out = tmp_path / "kmer.csv"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "kmer_baseline.py"), "--task-dir",
+                             str(tmp_path / "motif"), "--train-sizes", "16,0", "--seeds", "2", "--out", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader(out.open()))
+    data = ft.load_task(tmp_path / "motif", ft.TaskInfo("motif", None, None, None))
+    for row, size in zip(rows, (16, 0), strict=True):
+        train_rows, val_rows = ft.split_rows(data, 0.1, size, ft.run_seed(1337, "motif", 1))
+        assert int(row["n_train"]) == len(train_rows) == (size or len(data.train_y) - len(val_rows))
+        seeds = [float(m) for m in row["test_mcc_seeds"].split()]
+        assert len(seeds) == 2 and all(-1 <= m <= 1 for m in seeds)
+        assert float(row["test_mcc_mean"]) == round(float(np.mean(seeds)), 4)
+    assert float(rows[1]["test_mcc_mean"]) > 0.5  # GGGCCC in 4-mers: learnable with all 180 labels
