@@ -13,7 +13,6 @@ parse s" is its streaming loop alone, as 01 itself reports it in stats.json ("se
 Prints a table and writes bench/results/preprocess.csv.
 """
 
-import csv
 import json
 import os
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchlib import two_sizes
+from benchlib import two_sizes, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,13 +114,7 @@ def main():
     print(f"peak RSS {rows[-1]['mbp']:g} Mbp / {rows[0]['mbp']:g} Mbp: {rows[-1]['peak_rss_mib'] / rows[0]['peak_rss_mib']:.2f}x "
           f"(target <= 1.2x); time vs gzip -dc at {rows[-1]['mbp']:g} Mbp: {rows[-1]['ratio']:.2f}x in all, "
           f"{rows[-1]['ratio_parse']:.2f}x for the streaming parse (target <= 2x)")
-    out = ROOT / "bench" / "results" / "preprocess.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {out}")
+    write_table(ROOT / "bench" / "results" / "preprocess.csv", rows)
 
 
 if __name__ == "__main__":

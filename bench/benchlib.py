@@ -129,6 +129,16 @@ def paired_ratio(ours, base):
     return statistics.median(o / b for o, b in zip(ours, base))
 
 
+def write_table(path, rows) -> None:
+    """Rows (dicts with the same keys, in column order) -> a CSV at `path`, replaced atomically."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {path}")
+
+
 def write_rows(name, rows, meta=None, path=None):
     """bench/results/<name>.csv (or `path`) with ROW_FIELDS (+ any extra keys), replaced atomically;
     `meta` goes first as "# key: value" comment lines. Returns the path."""

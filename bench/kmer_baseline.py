@@ -12,7 +12,6 @@ bench/results/kmer_baseline.csv.
 """
 
 import argparse
-import csv
 import itertools
 import sys
 import time
@@ -25,7 +24,8 @@ from sklearn.preprocessing import StandardScaler
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
+from benchlib import write_table  # noqa: E402
 from conftest import load_script  # noqa: E402
 from shelf.nt_tasks import TaskInfo, load_task  # noqa: E402
 
@@ -75,13 +75,7 @@ def main():
                      "test_mcc_seeds": " ".join(f"{m:.4f}" for m in mccs)})
         print(f"{task_dir.name}: {len(train_rows):,} labels: test MCC {np.mean(mccs):.4f} (seeds {rows[-1]['test_mcc_seeds']})")
     print(f"{time.perf_counter() - t0:.1f} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {out}")
+    write_table(args.out, rows)
 
 
 if __name__ == "__main__":
