@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from model import SequenceClassifier, configure_optimizer, lr_at
 from shelf import hf_hub
+from shelf.checkpoint import load_final_weights
 from shelf.config import load_config, save_config
 from shelf.demo_data import make_demo_tasks
 from shelf.distributed import print0, setup_distributed, teardown_distributed
@@ -270,7 +271,7 @@ def rank_barrier(world):
 def load_inits(cfg) -> dict[str, Init]:
     """-> each init's Init: an hf: init's from its download; pretrained and scratch share the run's tokenizer."""
     ft = cfg.finetune
-    inits = {i: Init(*hf_hub.load(hf_hub.fetch(ft.hub_url, ft.hf_dir, i)), {}) for i in ft.inits if i.startswith("hf:")}
+    inits = {i: Init(*hf_hub.load(hf_hub.checkpoint_dir(ft.hf_dir, i)), {}) for i in ft.inits if i.startswith("hf:")}
     if not {"pretrained", "scratch"} & set(ft.inits):
         return inits  # published checkpoints only: no run of 02/03 needed
     tok_path = cfg.out_dir / "tokenizer.json"
@@ -282,15 +283,7 @@ def load_inits(cfg) -> dict[str, Init]:
             raise UserError(f"{weights_path}: pretrained weights not found (run 03_pretrain.py first, "
                             f"or fine-tune from scratch only: --finetune.inits=[scratch])")
         hashes["weights"] = file_hash(weights_path)
-        meta = weights_path.parent / "meta.json"  # 03 writes it beside final/model.pt
-        trained_with = json.loads(meta.read_text()).get("tokenizer_sha256") if meta.is_file() else None
-        if trained_with not in (None, hashes["tokenizer"]):
-            raise UserError(f"{weights_path}: pretrained with another tokenizer than {tok_path} (sha256 "
-                            f"{trained_with[:12]}… vs {hashes['tokenizer'][:12]}…); use the run's own tokenizer.json")
-        try:  # mmap: read when used, so a dry run or a rank without pretrained runs costs no memory
-            weights = torch.load(weights_path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:
-            raise UserError(f"{weights_path}: not a loadable state_dict ({str(e).splitlines()[0]})")
+        weights = load_final_weights(weights_path, hashes["tokenizer"])  # refused if trained with another tokenizer
     return inits | {"pretrained": Init(cfg.model, tok, special.pad, weights, hashes),
                     "scratch": Init(cfg.model, tok, special.pad, None, {**hashes, "weights": None})}
 

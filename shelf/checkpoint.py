@@ -8,6 +8,7 @@ all match it, so a corrupt file is never read and no file is unpickled unverifie
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -193,3 +194,17 @@ def load_checkpoint(path: Path, net, optimizer, world: World, sharded: bool, mod
         print0(f"note: {path} was written by {extra['world_size']} processes, this run has {world.size}: "
                "random streams re-seeded, so this resume is not bit-exact")
     return extra
+
+
+def load_final_weights(weights_path: Path, tokenizer_sha256: str) -> dict:
+    """03's final/model.pt as a MaskedLM state_dict, memory-mapped (read when used; 04's dry run costs nothing),
+    refused in one line if the final/meta.json beside it names another tokenizer (older code wrote none)."""
+    meta = weights_path.parent / "meta.json"
+    trained_with = json.loads(meta.read_text()).get("tokenizer_sha256") if meta.is_file() else None
+    if trained_with not in (None, tokenizer_sha256):
+        raise UserError(f"{weights_path}: pretrained with another tokenizer (sha256 {trained_with[:12]}… vs "
+                        f"{tokenizer_sha256[:12]}…); use the run's own tokenizer.json")
+    try:
+        return torch.load(weights_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # unpickling: not a file torch.save wrote, or truncated
+        raise UserError(f"{weights_path}: not a loadable state_dict ({str(e).splitlines()[0]})")

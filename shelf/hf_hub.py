@@ -47,10 +47,16 @@ def weight_files(folder: Path) -> list[str]:
     return sorted(set(weight_map.values()))
 
 
+def checkpoint_dir(hf_dir: str, init: str) -> Path:
+    """Where an hf: init's files live: <hf_dir>/<org>/<name>/<commit>/."""
+    repo, commit = init.removeprefix("hf:").rsplit("@", 1)  # checked by FinetuneConfig: org/name@<40 hex>
+    return Path(hf_dir) / repo / commit
+
+
 def fetch(hub_url: str, hf_dir: str, init: str) -> Path:
     """Download an hf: init's files, unless verified already; -> their folder. The commit pins every byte."""
-    repo, commit = init.removeprefix("hf:").rsplit("@", 1)  # checked by FinetuneConfig: org/name@<40 hex>
-    folder, hub_url = Path(hf_dir) / repo / commit, hub_url.rstrip("/")
+    repo, commit = init.removeprefix("hf:").rsplit("@", 1)
+    folder, hub_url = checkpoint_dir(hf_dir, init), hub_url.rstrip("/")
 
     def get(name: str, sha256: str | None = None) -> Path:
         return download(f"{hub_url}/{repo}/resolve/{commit}/{name}", folder / name, sha256=sha256)

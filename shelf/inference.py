@@ -8,12 +8,12 @@ Use a trained model: load a run's final weights, and turn sequences into embeddi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from model import MaskedLM
+from shelf.checkpoint import load_final_weights
 from shelf.config import load_config
 from shelf.errors import UserError
 from shelf.files import file_hash
@@ -30,13 +30,10 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
             raise UserError(f"{path}: not found; expected a run folder whose 03_pretrain.py reached max_steps")
     cfg, _ = load_config(["--config", str(config)])
     tok, special = load_tokenizer(tok_path, cfg.model)
-    meta = run_dir / "final" / "meta.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("tokenizer_sha256") not in (None, file_hash(tok_path)):
-        raise UserError(f"{weights}: trained with another tokenizer than {tok_path}; use the run's own tokenizer.json")
     model = MaskedLM(cfg.model)
     try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except Exception as e:  # unpickling or a key / shape mismatch
+        model.load_state_dict(load_final_weights(weights, file_hash(tok_path)))
+    except Exception as e:  # not a dict, or a key or shape mismatch
         raise UserError(f"{weights}: not a MaskedLM state_dict of final/config.toml's [model] "
                         f"({str(e).splitlines()[0]})")
     return model.to(device).eval(), tok, special
