@@ -16,34 +16,27 @@ Reads <run>/segments/{train,val[,test]}.txt; writes <run>/tokenizer.json and <ru
 (vocab size, special ids, counts, bp per token, the tokenizer's sha256) and config.toml.
 """
 
-from __future__ import annotations
-
 import itertools
 import resource
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
 from tqdm import tqdm
 
 from shelf.config import load_config, save_config
 from shelf.errors import UserError, run_main
 from shelf.files import atomic_write, file_hash, prepare_dir, write_json
-from shelf.tokens import load_tokenizer
+from shelf.seeds import rng
+from shelf.tokens import batch_encoder, check_bpe_memory, kmer_tokenizer_of, load_tokenizer, read_batches, upper_case
 
 BPE_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4: RoBERTa's order, so pad = 1
 KMER_SPECIALS = ["<pad>", "<mask>", "<cls>"]  # ids 0..2, as AgroNT
 # DNA FM 7B's 16 tokens, in its order; the last three are unused placeholders (special: never predicted)
 CHAR_VOCAB = ["[PAD]", "[MASK]", "[CLS]", "[SEP]", "[UNK]", "A", "G", "C", "T", "U", "N", "[BOS]", "[EOS]",
               "[UNUSED0]", "[UNUSED1]", "[UNUSED2]"]
-
-
-def upper_case(letters: str) -> list[normalizers.Normalizer]:
-    """Upper-case just the letters the vocabulary has (tokenizers has no Uppercase normaliser); every
-    other character then falls to the kind's unknown token instead of silently vanishing."""
-    return [normalizers.Replace(c.lower(), c) for c in letters]
 
 
 def train_bpe_from_segments(segments, vocab_size: int, min_frequency: int, length: int | None = None) -> Tokenizer:
@@ -64,19 +57,10 @@ def train_bpe_from_segments(segments, vocab_size: int, min_frequency: int, lengt
 
 
 def kmer_tokenizer(k: int) -> Tokenizer:
-    """AgroNT's tokens: <pad> <mask> <cls>, the 4^k k-mers (AAAAAA, AAAAAT, AAAAAC, ...), then A T C G N.
-    The regex takes a k-mer of ACGT where one fits, else one character, left to right:
-    ATCCCGGNNTCGACACN -> ATCCCG G N N TCGACA C N."""
+    """AgroNT's tokens: <pad> <mask> <cls>, the 4^k k-mers (AAAAAA, AAAAAT, AAAAAC, ...), then A T C G N; a k-mer
+    of ACGT where one fits, else one character (the rule: shelf.tokens.kmer_tokenizer_of, the one k-mer tokenizer)."""
     kmers = ["".join(p) for p in itertools.product("ATCG", repeat=k)]
-    vocab = {t: i for i, t in enumerate(KMER_SPECIALS + kmers + list("ATCGN"))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="N"))  # unk never fires: the normaliser maps all to ACGTN
-    tok.normalizer = normalizers.Sequence(upper_case("ACGT") + [normalizers.Replace(Regex("[^ACGTN]"), "N")])
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"[ACGT]{{{k}}}|[\\s\\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.add_special_tokens(KMER_SPECIALS)
-    tok.post_processor = processors.TemplateProcessing(single="<cls> $A", pair="<cls> $A $B",
-                                                       special_tokens=[("<cls>", vocab["<cls>"])])
-    return tok
+    return kmer_tokenizer_of(KMER_SPECIALS + kmers + list("ATCGN"), k)
 
 
 def char_tokenizer() -> Tokenizer:
@@ -93,48 +77,11 @@ def char_tokenizer() -> Tokenizer:
     return tok
 
 
-LETTERS = bytes(range(65, 91)) + bytes(range(97, 123))  # A-Z a-z: A/C/G/T, N and IUPAC codes, any case
-
-
-def read_batches(path: Path, batch_size: int, keep: np.ndarray | None = None) -> Iterator[list[str]]:
-    """The segment file as lists of `batch_size` segments, streamed; with `keep` (a bool per line) only
-    the lines it marks. Blank lines (a trailing newline) are skipped. Read as bytes, so lines end at
-    newlines only, as train_bpe counts them (text mode also splits at a stray CR); a byte that is not a
-    letter is an error naming its line."""
-    batch: list[str] = []
-    with open(path, "rb") as f:
-        for i, line in enumerate(f):
-            if (keep is not None and not keep[i]) or not (line := line.strip()):
-                continue
-            if bad := line.translate(None, LETTERS):
-                raise UserError(f"{path}:{i + 1}: byte {bad[0]:#04x} in a segment; expected letters only (A/C/G/T, "
-                                "N or IUPAC codes), one segment a line, as 01_preprocess.py writes")
-            batch.append(line.decode("ascii"))
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
-
-
-def available_memory() -> int:
-    """Bytes the kernel says a new process can use without swapping (Linux; 0 = unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return 0
-
-
-BPE_TRAIN_BYTES_PER_BP = 60  # peak RSS of the BPE trainer per sampled bp: 53 measured at 31 and 310 Mbp, + margin
-
-
 def train_bpe(train_path: Path, vocab_size: int, min_frequency: int, fraction: float, seed: int,
               batch_size: int, max_train_mbp: float = 0.0) -> tuple[Tokenizer, dict]:
-    """Train BPE on a seeded uniform sample of round(fraction * n) train segments. Memory is bounded by
-    the sample, not the corpus: the file is streamed twice (count lines, then feed the chosen ones). The
-    trainer keeps ~53 B per sampled bp (15.5 GiB for GRCh38's 310 Mbp), so the sample can be capped
-    (max_train_mbp), and the run refuses to start, rather than swap, when it cannot fit."""
+    """Train BPE on a seeded uniform sample of round(fraction * n) train segments, memory bounded by the sample: the
+    file is streamed twice (count lines, then feed the chosen ones). The trainer keeps ~53 B per sampled bp: the sample
+    can be capped (max_train_mbp); the run refuses to start, rather than swap, when it cannot fit (check_bpe_memory)."""
     with open(train_path, "rb") as f:
         n_lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
     mean_len = train_path.stat().st_size / max(1, n_lines) - 1  # bp per segment, newline excluded
@@ -142,18 +89,14 @@ def train_bpe(train_path: Path, vocab_size: int, min_frequency: int, fraction: f
     if max_train_mbp > 0 and n_sample * mean_len > max_train_mbp * 1e6:
         n_sample = max(1, int(max_train_mbp * 1e6 / mean_len))
         print(f"BPE: sample capped at {n_sample:,} segments by tokenizer.max_train_mbp = {max_train_mbp:g}")
-    need, avail = BPE_TRAIN_BYTES_PER_BP * n_sample * mean_len, available_memory()
-    if avail and need > avail:
-        raise UserError(f"{train_path}: BPE training on ~{n_sample * mean_len / 1e6:,.0f} Mbp needs "
-                        f"~{need / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB is available; set --tokenizer.max_train_mbp="
-                        f"{avail / BPE_TRAIN_BYTES_PER_BP / 1e6 * 0.8:.0f} or a smaller --tokenizer.sample_fraction")
+    need = check_bpe_memory(train_path, n_sample * mean_len)
     keep = np.zeros(n_lines + 1, dtype=bool)  # +1: a last line without a newline
-    keep[np.random.default_rng(seed).choice(n_lines, size=n_sample, replace=False)] = True
+    keep[rng(seed, "bpe sample").choice(n_lines, size=n_sample, replace=False)] = True
     print(f"BPE: training on {n_sample:,} of {n_lines:,} train segments (~{n_sample * mean_len / 1e6:,.1f} Mbp, "
           f"seed {seed}; expected peak memory ~{need / 2**30:.1f} GiB)")
     sampled_bp = [0]
 
-    def sample() -> Iterator[list[str]]:  # counts the bp it hands to the trainer
+    def sample():  # the sampled segments' batches, counting the bp it hands to the trainer
         for batch in read_batches(train_path, batch_size, keep):
             sampled_bp[0] += sum(map(len, batch))
             yield batch
@@ -164,46 +107,19 @@ def train_bpe(train_path: Path, vocab_size: int, min_frequency: int, fraction: f
     return tok, {"sampled_segments": n_sample, "sampled_bp": sampled_bp[0]}  # no timings: meta.json is reproducible
 
 
-def batch_encoder(tok: Tokenizer, kind: str) -> Callable[[list[str]], np.ndarray]:
-    """-> segments -> their token ids, specials included (uint16). tokenizers' encode_batch runs on every core;
-    a char tokenizer maps each letter on its own, so a byte -> id table read off it does the same work ~30x
-    faster (dnafm_7b's corpus is ~174 Gbp). The table is checked against the tokenizer on every letter."""
-    encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast (tokenizers >= 0.20.1): no offsets
-    slow = lambda batch: np.fromiter(itertools.chain(*(e.ids for e in encode_batch(batch))), np.uint16)  # noqa: E731
-    if kind != "char":
-        return slow
-    table, (cls, sep) = np.zeros(256, dtype=np.uint16), tok.encode("").ids  # "[CLS] $A [SEP]"
-    table[list(LETTERS)] = [tok.encode(chr(b), add_special_tokens=False).ids[0] for b in LETTERS]
-
-    def fast(batch: list[str]) -> np.ndarray:
-        n = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch)) + 2  # + [CLS], [SEP]
-        ends = np.cumsum(n)
-        ids, inside = np.empty(ends[-1], dtype=np.uint16), np.ones(ends[-1], dtype=bool)
-        ids[ends - n], ids[ends - 1], inside[ends - n], inside[ends - 1] = cls, sep, False, False
-        ids[inside] = table[np.frombuffer("".join(batch).encode("ascii"), dtype=np.uint8)]
-        return ids
-
-    probe = [LETTERS.decode(), "ACGTN", "n"]
-    return fast if np.array_equal(fast(probe), slow(probe)) else slow
-
-
 def encode_split(encode, src: Path, dst: Path, batch_size: int, unk_id: int | None) -> dict:
     """Encode one segment file into a flat uint16 file, streamed in batches. Returns its counts for meta.json."""
-    n_tokens = n_segments = n_bp = n_unk = 0
+    counts = Counter(dict.fromkeys(("tokens", "segments", "bp", "unk_tokens"), 0))  # in this order in meta.json
     with atomic_write(dst, "wb") as out, tqdm(total=src.stat().st_size, unit="B", unit_scale=True,
                                               desc=f"encode {src.name}", disable=None) as bar:
         for batch in read_batches(src, batch_size):
             ids = encode(batch)
             out.write(ids.tobytes())
             bp = sum(map(len, batch))
-            n_tokens, n_segments, n_bp = n_tokens + len(ids), n_segments + len(batch), n_bp + bp
-            n_unk += int(np.count_nonzero(ids == unk_id)) if unk_id is not None else 0
+            counts.update(tokens=len(ids), segments=len(batch), bp=bp,
+                          unk_tokens=int(np.count_nonzero(ids == unk_id)) if unk_id is not None else 0)
             bar.update(bp + len(batch))  # + newlines
-    return {"tokens": n_tokens, "segments": n_segments, "bp": n_bp, "unk_tokens": n_unk}
-
-
-# -----------------------------------------------------------------------------
-# the steps of main()
+    return dict(counts)
 
 
 def find_segments(seg_dir: Path) -> Path:
@@ -219,14 +135,6 @@ def find_segments(seg_dir: Path) -> Path:
     return seg_dir / "train.txt"
 
 
-def build_tokenizer(tc, train_path: Path, seed: int) -> tuple[Tokenizer, dict]:
-    """-> (tokenizer, what BPE training sampled). Only BPE learns from the data."""
-    if tc.kind == "bpe":
-        return train_bpe(train_path, tc.vocab_size, tc.min_frequency, tc.sample_fraction, seed,
-                         tc.encode_batch_size, tc.max_train_mbp)
-    return (kmer_tokenizer(tc.k) if tc.kind == "kmer" else char_tokenizer()), {}
-
-
 def describe(tok: Tokenizer, special, tc, seconds: float, path: Path) -> None:
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
     print(f"tokenizer: {tc.kind}, {vocab_size:,} tokens, specials {special.all}, built in {seconds:.1f}s -> {path}")
@@ -237,9 +145,11 @@ def describe(tok: Tokenizer, special, tc, seconds: float, path: Path) -> None:
 
 
 def encode_corpus(tok: Tokenizer, special, kind: str, seg_dir: Path, tok_dir: Path, batch_size: int) -> dict:
-    """Every split's segments -> tokens/<split>.bin; returns each split's counts."""
+    """Every split's segments -> tokens/<split>.bin (char: by a table lookup, shelf.tokens.batch_encoder);
+    returns each split's counts."""
     wrap = tok.post_processor.num_special_tokens_to_add(False)  # specials added per segment
-    encode, splits = batch_encoder(tok, kind), {}
+    encode = batch_encoder(tok, kind)
+    splits = {}
     for split in ("train", "val", "test"):
         src = seg_dir / f"{split}.txt"
         if not src.is_file():  # a token file left by an earlier run whose segments are gone would be read as current
@@ -250,7 +160,7 @@ def encode_corpus(tok: Tokenizer, special, kind: str, seg_dir: Path, tok_dir: Pa
     return splits
 
 
-def write_meta(tok: Tokenizer, special, kind: str, splits: dict, tok_path: Path, train_stats: dict) -> dict:
+def write_meta(tok: Tokenizer, special, kind: str, splits: dict, tok_path: Path, train_stats: dict) -> None:
     wrap = tok.post_processor.num_special_tokens_to_add(False)
     content = sum(s["tokens"] - wrap * s["segments"] for s in splits.values())  # specials not counted
     meta = {"kind": kind, "vocab_size": tok.get_vocab_size(with_added_tokens=True), "dtype": "uint16",
@@ -259,26 +169,33 @@ def write_meta(tok: Tokenizer, special, kind: str, splits: dict, tok_path: Path,
             "bp_per_token": round(sum(s["bp"] for s in splits.values()) / max(1, content), 4),
             "tokenizer_sha256": file_hash(tok_path), **train_stats}
     write_json(tok_path.parent / "tokens" / "meta.json", meta)
-    return meta
 
 
 def main() -> None:
     cfg, _ = load_config()
-    seg_dir, tok_dir, tok_path = cfg.out_dir / "segments", cfg.out_dir / "tokens", cfg.out_dir / "tokenizer.json"
+    tc = cfg.tokenizer
+    seg_dir = cfg.out_dir / "segments"
+    tok_dir = cfg.out_dir / "tokens"
+    tok_path = cfg.out_dir / "tokenizer.json"
     train_path = find_segments(seg_dir)
     prepare_dir(tok_dir)  # removes the temp files of a killed run
 
-    # 1. the tokenizer, saved, then read back exactly as 03 and 04 will read it
+    # 1. the tokenizer (only BPE learns from the data), saved, then read back exactly as 03 and 04 will read it
     t0 = time.time()
-    tok, train_stats = build_tokenizer(cfg.tokenizer, train_path, cfg.run.seed)
+    if tc.kind == "bpe":
+        tok, train_stats = train_bpe(train_path, tc.vocab_size, tc.min_frequency, tc.sample_fraction, cfg.run.seed,
+                                     tc.encode_batch_size, tc.max_train_mbp)
+    else:
+        tok = kmer_tokenizer(tc.k) if tc.kind == "kmer" else char_tokenizer()
+        train_stats = {}  # BPE's: what its training sampled
     with atomic_write(tok_path) as f:
         f.write(tok.to_str(pretty=True))
     tok, special = load_tokenizer(tok_path)
-    describe(tok, special, cfg.tokenizer, time.time() - t0, tok_path)
+    describe(tok, special, tc, time.time() - t0, tok_path)
 
     # 2. encode every split once
-    splits = encode_corpus(tok, special, cfg.tokenizer.kind, seg_dir, tok_dir, cfg.tokenizer.encode_batch_size)
-    write_meta(tok, special, cfg.tokenizer.kind, splits, tok_path, train_stats)
+    splits = encode_corpus(tok, special, tc.kind, seg_dir, tok_dir, tc.encode_batch_size)
+    write_meta(tok, special, tc.kind, splits, tok_path, train_stats)
     save_config(cfg, tok_dir)
 
     for split, s in splits.items():

@@ -1,6 +1,6 @@
 """
 Pretrain model.py's MaskedLM by masked-language modelling on 02's token files: one process, or DDP or
-FSDP2 under torchrun; checkpointed and resumable bit for bit.
+FSDP2 under torchrun; checkpointed and resumable (bit for bit on CPU; on CUDA with run.deterministic).
 
     python 03_pretrain.py --config configs/demo.toml                 # one process: CPU or one GPU
     torchrun --standalone --nproc_per_node=2 03_pretrain.py          # tinydnabert: DDP on 2 GPUs
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -26,13 +27,15 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from model import MaskedLM, configure_optimizer, lr_at, num_parameters
+from model import MaskedLM, configure_optimizer, lr_at, mlm_loss, num_parameters
 from shelf.checkpoint import atomic_torch_save, load_checkpoint, not_finite, resume_point, save_checkpoint
 from shelf.config import Config, load_config, save_config
-from shelf.distributed import World, parallelize, print0, setup_distributed, teardown_distributed
+from shelf.distributed import (World, mixed_precision, parallelize, print0, setup_distributed, teardown_distributed,
+                               uses_bf16)
 from shelf.dry_run import dry_run
 from shelf.errors import ConfigError, UserError, run_main
 from shelf.files import write_json
+from shelf.seeds import rng, torch_seed
 from shelf.tokens import load_tokenizer, read_token_meta
 from shelf.train_log import TrainLog
 
@@ -40,8 +43,8 @@ from shelf.train_log import TrainLog
 # ---- data: packed blocks from the flat uint16 token file, and MLM masking ----------------------------
 class BlockStream:
     """A token file cut into n_blocks blocks of seq_len tokens (a block may span segments; each segment
-    carries its own special tokens). take(n): the next n block ids in a seeded random order, a new epoch
-    (new order) when fewer than n remain. (epoch, index) is all the state: the order depends on (seed, epoch)."""
+    carries its own special tokens). take(n): the next n block ids in a seeded random order, a new epoch (new
+    order) when fewer than n remain. (epoch, index) is all the state: the order is rng(seed, "blocks", epoch)."""
 
     def __init__(self, path, seq_len: int, seed: int, need: int = 1):
         tokens = np.memmap(path, dtype=np.uint16, mode="r")
@@ -50,15 +53,20 @@ class BlockStream:
             raise UserError(f"{path}: {self.n_blocks:,} blocks of {seq_len} tokens, fewer than the {need} a step "
                             "reads; lower pretrain.batch_size or pretrain.seq_len")
         self.blocks = tokens[: self.n_blocks * seq_len].reshape(self.n_blocks, seq_len)  # (N, T) view, nothing read
-        self.seed, self.epoch, self.index, self.order = seed, 0, 0, (-1, None)
+        self.seed = seed
+        self.epoch = 0
+        self.index = 0  # blocks of this epoch's order already taken
+
+    @functools.lru_cache(maxsize=1)  # drawn once per epoch
+    def order(self, epoch: int) -> np.ndarray:
+        return rng(self.seed, "blocks", epoch).permutation(self.n_blocks)
 
     def take(self, n: int) -> np.ndarray:
         if self.index + n > self.n_blocks:
-            self.epoch, self.index = self.epoch + 1, 0
-        if self.order[0] != self.epoch:  # (epoch, its order), drawn once per epoch
-            self.order = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(self.n_blocks))
+            self.epoch += 1
+            self.index = 0
         self.index += n
-        return self.order[1][self.index - n: self.index]
+        return self.order(self.epoch)[self.index - n: self.index]
 
     def read(self, ids: np.ndarray, device: torch.device) -> torch.Tensor:
         """(len(ids), T) int64 on device: a copy of just these rows, pinned and copied asynchronously on CUDA."""
@@ -70,71 +78,77 @@ def is_fsdp(model) -> bool:  # wrapped by FSDP2's fully_shard
     return hasattr(model, "set_requires_gradient_sync")
 
 
-def seed_for(*keys: int) -> int:  # a 63-bit seed for one independent random stream, e.g. seed_for(seed, 0, step)
-    return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
 class Masker:
-    """BERT's MLM corruption, vectorised on the device. Each call draws the noise for a global batch of
-    `global_rows` rows from a generator seeded with `seed`, and applies this rank's `rows` of it, so
-    every rank (and a single process holding all rows) sees the same masks for the same rows."""
+    """BERT's MLM corruption with static shapes (cramming): in each row of T tokens, K = round(mask_prob * T)
+    positions are drawn uniformly without replacement; the non-special tokens among them are the targets, so
+    on average mask_prob of the non-special tokens are targets, as in BERT. A target becomes <mask> (80%),
+    a random real token (10%) or stays (10%). A fixed K per row means no data-dependent shape and no host sync.
+    Each call draws the noise for a global batch of `global_rows` rows from a generator seeded with `seed`
+    and applies this rank's `rows` of it, so every rank (and one process holding all rows) masks alike."""
 
-    def __init__(self, table_size: int, vocab_size: int, special_ids, mask_id: int, mask_prob: float, device):
-        self.is_special = torch.zeros(table_size, dtype=torch.bool, device=device)
+    def __init__(self, vocab_size: int, special_ids, mask_id: int, mask_prob: float, device):
+        self.is_special = torch.zeros(vocab_size, dtype=torch.bool, device=device)
         self.is_special[list(special_ids)] = True
-        # random replacements: any real (non-special) token of the tokenizer
-        self.regular = torch.tensor([i for i in range(vocab_size) if i not in set(special_ids)], device=device)
-        self.mask_id, self.mask_prob, self.device = mask_id, mask_prob, torch.device(device)
+        self.regular = (~self.is_special).nonzero().flatten()  # random replacements: any non-special token
+        self.vocab_size = vocab_size
+        self.mask_id = mask_id
+        self.mask_prob = mask_prob
+        self.device = torch.device(device)
         self.gen = torch.Generator(device=device)  # seeded per call
 
-    def __call__(self, ids: torch.Tensor, seed: int, global_rows: int, rows) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids (B, T), the rows `rows` (a slice or index tensor) of a global batch of `global_rows` rows
-        -> inputs (B, T) corrupted, labels (B, T) = original id at the targets, -100 elsewhere."""
+    def __call__(self, ids: torch.Tensor, seed: int, global_rows: int, rows):
+        """ids (B, T): the rows `rows` (a slice or index tensor) of a global batch of `global_rows` rows ->
+        inputs (B, T) corrupted, positions (B, K) drawn, labels (B, K): the original id, -100 if special."""
         self.gen.manual_seed(seed)
-        shape = (global_rows, ids.shape[1])
-        u = torch.rand(shape, generator=self.gen, device=self.device)[rows]  # (B, T) uniform [0, 1)
-        rnd = torch.randint(len(self.regular), shape, generator=self.gen, device=self.device)[rows]
-        target = (u < self.mask_prob) & ~self.is_special[ids]
-        labels = ids.masked_fill(~target, -100)
-        r = u / self.mask_prob  # uniform [0, 1) again at the targets: splits them 80 / 10 / 10
-        inputs = torch.where(target & (r < 0.8), self.mask_id, ids)
-        inputs = torch.where(target & (r >= 0.8) & (r < 0.9), self.regular[rnd], inputs)
-        return inputs, labels
+        T = ids.shape[1]
+        K = max(1, round(self.mask_prob * T))  # positions drawn per row
+
+        def noise(fn, *args):  # this rank's rows of a (global_rows, ...) draw
+            return fn(*args, generator=self.gen, device=self.device)[rows]
+        positions = noise(torch.rand, global_rows, T).topk(K, dim=1).indices  # (B, K): K distinct per row
+        split = noise(torch.rand, global_rows, K)  # uniform [0, 1): 80 / 10 / 10
+        replacement = noise(torch.randint, len(self.regular), (global_rows, K))
+        original = ids.gather(1, positions)  # (B, K)
+        special = self.is_special[original]
+        labels = original.masked_fill(special, -100)
+        corrupted = torch.where(split < 0.8, self.mask_id, torch.where(split < 0.9, self.regular[replacement], original))
+        return ids.scatter(1, positions, torch.where(special, original, corrupted)), positions, labels
 
 
 # ---- one training step: this rank's share of the global batch, forward + backward, clip --------------
 def get_batch(stream: BlockStream, masker: Masker, step: int, pretrain, world: World):
-    """This rank's rows of step `step`'s global batch, masked: inputs, labels (grad_accum * B, T) on the device.
-    The global batch is grad_accum micro-batches of world_size x B rows; the rank reads its B rows of each."""
+    """This rank's rows of step `step`'s global batch, masked: inputs (grad_accum * B, T), positions and labels
+    (grad_accum * B, K) on the device. The global batch is grad_accum micro-batches of world_size x B rows; the
+    rank reads its B rows of each."""
     accum, rows_micro = pretrain.grad_accum, pretrain.batch_size * world.size
     mine = slice(world.rank * pretrain.batch_size, (world.rank + 1) * pretrain.batch_size)
     ids = np.concatenate([stream.take(rows_micro)[mine] for _ in range(accum)])  # (accum * B,) block ids
-    rows = torch.arange(accum * rows_micro).view(accum, rows_micro)[:, mine].flatten().to(masker.device)
-    return masker(stream.read(ids, masker.device), seed_for(stream.seed, 0, step), accum * rows_micro, rows)
+    rows = torch.arange(accum * rows_micro, device=masker.device).view(accum, rows_micro)[:, mine].flatten()
+    return masker(stream.read(ids, masker.device), torch_seed(stream.seed, "masks", step), accum * rows_micro, rows)
 
 
-def forward_backward(model, inputs: torch.Tensor, labels: torch.Tensor, pretrain, world: World, autocast):
+def forward_backward(model, batch, pretrain, world: World, autocast):
     """Accumulate the gradient of the global batch's mean MLM loss over grad_accum micro-batches, then clip.
-    Returns (loss, grad norm before clipping) as device tensors: no host sync here."""
-    n_targets = (labels != -100).sum().double()
+    batch = (inputs, positions, labels). Returns (loss, grad norm before clipping) as device tensors: no host
+    sync here."""
+    n_targets = (batch[2] != -100).sum().double()
     if world.is_distributed:
-        dist.all_reduce(n_targets)  # masked tokens in the whole global batch
+        dist.all_reduce(n_targets)  # targets in the whole global batch
     n_targets.clamp_(min=1)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=inputs.device)
-    micro_batches = list(zip(inputs.split(pretrain.batch_size), labels.split(pretrain.batch_size)))
-    for micro, (x, y) in enumerate(micro_batches):
+    loss_sum = torch.zeros((), dtype=torch.float64, device=n_targets.device)
+    micro_batches = list(zip(*(t.split(pretrain.batch_size) for t in batch)))
+    for micro, (x, positions, y) in enumerate(micro_batches):
         last = micro == len(micro_batches) - 1
         if is_fsdp(model):  # reduce-scatter the gradients after the last micro-batch only
             model.set_requires_gradient_sync(last)
         no_sync = world.is_distributed and not is_fsdp(model) and not last  # DDP: all-reduce after the last only
         with model.no_sync() if no_sync else contextlib.nullcontext():
             with autocast:
-                _, loss = model(x, labels=y)  # mean CE over this micro-batch's targets
-            n = (y != -100).sum()
+                loss = mlm_loss(model(x, positions=positions), y)  # summed CE over this micro-batch's targets
             # DDP / FSDP average gradients over ranks, hence x world_size: the sum over ranks and micro-batches
             # is the gradient of (sum of CE over all targets of the global batch) / (their number)
-            (loss * (n * world.size / n_targets).float()).backward()
-        loss_sum += loss.detach().double() * n
+            (loss * (world.size / n_targets).float()).backward()
+        loss_sum += loss.detach().double()
     if world.is_distributed:
         dist.all_reduce(loss_sum)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pretrain.grad_clip or math.inf)
@@ -159,36 +173,43 @@ def token_log_freq(stream: BlockStream, vocab_size: int, device) -> torch.Tensor
     return torch.from_numpy(np.log(counts / counts.sum())).to(device)
 
 
+class Validation(NamedTuple):
+    loss: float  # MLM loss on the fixed validation subset and masks
+    accuracy: float  # masked-token accuracy
+    const_accuracy: float  # always guessing the most frequent target token
+    unigram_loss: float  # knowing only the train tokens' frequencies: the loss must go below it to show that
+    # the model learned something from the context
+
+
 @torch.no_grad()
-def evaluate(model, data: Data, rows_per_rank: int, world: World, autocast) -> tuple[float, float, float, float]:
-    """-> (MLM loss, masked-token accuracy, most-frequent-token accuracy, unigram loss) on the fixed validation
-    subset and masks. The unigram loss is what a model that knows only the train tokens' frequencies would score:
-    the loss has to go below it to show that the model learned something from the context."""
+def evaluate(model, data: Data, rows_per_rank: int, world: World, autocast) -> Validation:
     model.eval()
-    device, vocab_size, chunk = data.masker.device, len(data.masker.is_special), rows_per_rank * world.size
+    device, vocab_size = data.masker.device, data.masker.vocab_size
+    chunk = rows_per_rank * world.size  # validation rows per step, all ranks
     stats = torch.zeros(3 + vocab_size, dtype=torch.float64, device=device)  # loss sum, correct, targets, histogram
     for i, ids in enumerate(np.split(data.eval_ids, range(chunk, len(data.eval_ids), chunk))):
         per_rank = len(ids) // world.size  # len(ids) is a multiple of world_size
         rows = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
-        inputs, labels = data.masker(data.val.read(ids[rows], device), seed_for(data.val.seed, 1, i), len(ids), rows)
+        seed = torch_seed(data.val.seed, "validation masks", i)
+        inputs, positions, labels = data.masker(data.val.read(ids[rows], device), seed, len(ids), rows)
         with autocast:
-            logits, loss = model(inputs, labels=labels)
-        targets = labels[labels != -100]
-        stats[:3] += torch.stack([loss.double() * len(targets), (logits.argmax(-1) == targets).sum().double(),
-                                  torch.tensor(len(targets), dtype=torch.float64, device=device)])
-        stats[3:] += torch.bincount(targets, minlength=vocab_size).double()
+            logits = model(inputs, positions=positions)  # (B, K, V)
+        targets = labels != -100
+        stats[:3] += torch.stack([mlm_loss(logits, labels).double(), (logits.argmax(-1) == labels)[targets].sum(),
+                                  targets.sum()]).double()
+        stats[3:] += torch.bincount(labels[targets], minlength=vocab_size).double()
     if world.is_distributed:
         dist.all_reduce(stats)
     model.train()
     n, histogram = max(stats[2].item(), 1.0), stats[3:]
-    unigram = -(histogram * data.log_freq).sum().item() / n
-    return stats[0].item() / n, stats[1].item() / n, histogram.max().item() / n, unigram
+    return Validation(stats[0].item() / n, stats[1].item() / n, histogram.max().item() / n,
+                      -(histogram * data.log_freq).sum().item() / n)
 
 
 # ---- the pipeline's steps, in the order main() runs them ---------------------------------------------
 def load_data(cfg: Config, world: World) -> Data:
     """02's token files as packed blocks, the fixed validation subset, and the Masker."""
-    out, pretrain, seed = cfg.out_dir, cfg.pretrain, cfg.run.seed
+    out, pretrain, seed = cfg.out_dir, cfg.pretrain, cfg.run.seed  # short names
     if pretrain.seq_len > cfg.model.max_seq_len:
         raise ConfigError(f"pretrain.seq_len = {pretrain.seq_len} > model.max_seq_len = {cfg.model.max_seq_len}")
     tokenizer, special = load_tokenizer(out / "tokenizer.json", cfg.model)
@@ -197,17 +218,17 @@ def load_data(cfg: Config, world: World) -> Data:
     train = BlockStream(out / "tokens" / "train.bin", pretrain.seq_len, seed, need=rows_micro)
     val = BlockStream(out / "tokens" / "val.bin", pretrain.seq_len, seed, need=world.size)  # a block per rank
     n_eval = min(pretrain.eval_batches * rows_micro, val.n_blocks) // world.size * world.size
-    eval_ids = np.random.default_rng([seed, 2]).permutation(val.n_blocks)[:n_eval]
-    masker = Masker(cfg.model.vocab_size, tokenizer.get_vocab_size(with_added_tokens=True), special.all, special.mask,
-                    pretrain.mask_prob, world.device)
-    return Data(train, val, eval_ids, masker, token_log_freq(train, len(masker.is_special), world.device),
+    eval_ids = rng(seed, "validation subset").permutation(val.n_blocks)[:n_eval]
+    masker = Masker(tokenizer.get_vocab_size(with_added_tokens=True), special.all, special.mask, pretrain.mask_prob,
+                    world.device)
+    return Data(train, val, eval_ids, masker, token_log_freq(train, masker.vocab_size, world.device),
                 meta["tokenizer_sha256"])
 
 
 def build_model(cfg: Config, world: World):
     """-> MaskedLM wrapped for this world (weights from the seed, the same on every rank), AdamW, autocast."""
-    pretrain, device = cfg.pretrain, torch.device(world.device)
-    bf16 = pretrain.precision == "bf16" or (pretrain.precision == "auto" and device.type == "cuda")
+    pretrain, device = cfg.pretrain, world.device
+    bf16 = uses_bf16(pretrain.precision, device)
     if device.type == "cuda":  # fp32 matmuls (precision = "fp32") on tensor cores
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     with torch.device("meta") if pretrain.meta_init else contextlib.nullcontext():
@@ -215,8 +236,8 @@ def build_model(cfg: Config, world: World):
     model = parallelize(net, cfg, world, bf16, cfg.run.seed)
     optimizer = configure_optimizer(model, pretrain, device)
     # bf16 autocast for single process / DDP; FSDP casts through its MixedPrecisionPolicy instead
-    autocast = torch.autocast(device.type, torch.bfloat16) if bf16 and not is_fsdp(model) else contextlib.nullcontext()
-    torch.manual_seed(seed_for(cfg.run.seed, 2, world.rank))  # dropout: a different stream on every rank
+    autocast = mixed_precision(bf16 and not is_fsdp(model), device)
+    torch.manual_seed(torch_seed(cfg.run.seed, "dropout", world.rank))  # a different stream on every rank
     print0(f"{cfg.run.name}: {num_parameters(net):,} parameters, {'bf16' if bf16 else 'fp32'}, on {world.size} x "
            f"{device.type}{' (FSDP2)' if is_fsdp(model) else ' (DDP)' if world.is_distributed else ''}")
     return model, optimizer, autocast
@@ -234,37 +255,52 @@ def resume_or_start(cfg: Config, world: World, model, optimizer, data: Data, fla
         raise ConfigError(f"pretrain.max_steps = {cfg.pretrain.max_steps:,}: {path} is past it; raise it to at least "
                           f"{saved['step']:,}, or --restart")
     if saved["world_size"] != world.size:  # the RNG states saved are those of other ranks: fresh streams
-        torch.manual_seed(seed_for(saved["config"]["run"]["seed"], 3, saved["step"], world.rank))
-    data.train.epoch, data.train.index = saved["data"]["epoch"], saved["data"]["index"]
+        torch.manual_seed(torch_seed(saved["config"]["run"]["seed"], "dropout after resize", saved["step"], world.rank))
+    data.train.epoch = saved["data"]["epoch"]
+    data.train.index = saved["data"]["index"]
     print0(f"resumed from {path} (step {saved['step']:,}, epoch {data.train.epoch}, block {data.train.index:,})")
     return saved["step"], saved.get("log_losses", [])
+
+
+def read_back(pending: list[torch.Tensor], step: int, ckpt_dir, world: World) -> list[list[float]]:
+    """The loop's one host sync, every log interval and before any evaluation or checkpoint: the (loss, grad
+    norm) of each step since the last one. Syncing every step would stall a GPU that the CPU can keep busy only
+    by queueing steps ahead. A non-finite value stops the run here: its weights never reach a checkpoint."""
+    values = torch.stack(pending).tolist()
+    for i, (loss, norm) in enumerate(values):
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise not_finite(f"step {step - len(values) + i + 1:,}: loss {loss} / grad norm {norm} is not finite; "
+                             f"stopped at step {step:,}, nothing saved since", ckpt_dir, world)
+    return values
 
 
 def train(cfg: Config, world: World, model, optimizer, autocast, data: Data, step: int, losses: list[float]) -> int:
     """Optimizer steps up to pretrain.stop_at (or max_steps): log, evaluate, checkpoint. -> the last step."""
     pretrain, ckpt_dir = cfg.pretrain, cfg.out_dir / "checkpoints"
     stop = min(pretrain.stop_at or pretrain.max_steps, pretrain.max_steps)
+    pending = []  # (loss, grad norm) of the steps since the last read_back, on the device
     with TrainLog(cfg, world, step, losses) as log:  # and config.toml
         while step < stop:
             lr = lr_at(step, pretrain)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            inputs, labels = get_batch(data.train, data.masker, step, pretrain, world)
-            loss, grad_norm = forward_backward(model, inputs, labels, pretrain, world, autocast)
-            loss_value, norm_value = torch.stack([loss, grad_norm]).tolist()  # the one host sync of the step
-            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):  # stop before it spoils the weights
-                raise not_finite(f"step {step + 1}: loss {loss_value} / grad norm {norm_value} is not finite; "
-                                 "stopped before the update", ckpt_dir, world)
+            batch = get_batch(data.train, data.masker, step, pretrain, world)
+            pending.append(torch.stack(forward_backward(model, batch, pretrain, world, autocast)))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            log.step(loss_value)
+            evaluating = step % pretrain.eval_interval == 0 or step == pretrain.max_steps
+            saving = step % pretrain.ckpt_interval == 0 or step == stop
+            if step % pretrain.log_interval == 0 or evaluating or saving:
+                values = read_back(pending, step, ckpt_dir, world)
+                pending = []
+                log.steps([loss for loss, _ in values])
             if step % pretrain.log_interval == 0 or step == stop:
-                log.train_row(step, lr, norm_value)
+                log.train_row(step, lr, values[-1][1])
             with log.paused():
-                if step % pretrain.eval_interval == 0 or step == pretrain.max_steps:
+                if evaluating:
                     log.val_row(step, *evaluate(model, data, pretrain.batch_size, world, autocast))
-                if step % pretrain.ckpt_interval == 0 or step == stop:
+                if saving:
                     log.sync()  # the log up to here is durable together with the checkpoint
                     extra = {"step": step, "data": {"epoch": data.train.epoch, "index": data.train.index},
                              "config": dataclasses.asdict(cfg), "tokenizer_sha256": data.tokenizer_sha256,
@@ -291,7 +327,7 @@ def main() -> None:
     cfg, flags = load_config(flags=("--resume", "--restart", "--dry-run"))
     if "--dry-run" in flags:
         return dry_run(cfg)
-    world = setup_distributed(cfg.run.device)
+    world = setup_distributed(cfg.run.device, cfg.run.deterministic)
     try:
         data = load_data(cfg, world)
         model, optimizer, autocast = build_model(cfg, world)

@@ -9,18 +9,15 @@ score(pos, alt) = log p(alt) - log p(ref), in nats; < 0: the model finds the sub
 Reference and mutant are each tokenized in full; the substitution's window = the tokens of either one that
 the other lacks (the same id at the same span in bp). score = PLL(mutant's window) - PLL(reference's window),
 PLL = the sum over the window's tokens of log p(token | the rest of its own sequence), that one token masked.
-  char tokens: the window is the one nucleotide, and both masked inputs are the same sequence: one forward,
+  char tokens: the window is the one nucleotide and both masked inputs are the same sequence: one forward per bp,
     and the score is exactly log p(alt) - log p(ref) at the masked position (the masked-marginal ratio).
-  6-mers: likewise with the 6-mer holding pos: log p(alt 6-mer) - log p(ref 6-mer) at one masked position.
-  BPE: a substitution may re-merge several tokens; each is masked in a forward of its own.
+  6-mers: likewise with the 6-mer holding pos (one forward per 6 bp): log p(alt 6-mer) - log p(ref 6-mer).
+  BPE: a substitution may re-merge several tokens, each masked in a forward of its own (more forwards).
 Tokens outside the window are not scored, though their probabilities may move with the new context.
-Cost: one forward per distinct masked input: ~1 per bp (char), ~1/6 per bp (6-mers), more for BPE.
 
 Writes <run>/mutagenesis/: mutations.tsv (seq, pos (1-based), ref, alt, score), one heatmap per sequence
 (<n>_<name>.png: 4 x L, rows A C G T, dots = the reference base) and config.toml + inputs.json.
 """
-
-from __future__ import annotations
 
 import re
 import sys
@@ -32,29 +29,23 @@ import torch.nn.functional as F
 
 from shelf.config import load_config, save_config
 from shelf.demo_data import TATA_AT, TSS_AT, Grammar, promoter_example, splice_example
+from shelf.distributed import setup_distributed
 from shelf.errors import ConfigError, UserError, run_main
 from shelf.fasta import read_fasta
 from shelf.files import atomic_write, file_hash, prepare_dir, write_json
 from shelf.inference import load_run, pad_batch
 from shelf.plots import plt, save_png
+from shelf.seeds import rng
 
 BASES = "ACGT"  # heatmap rows
 BATCH_SIZE = 64  # masked inputs per forward
 
 
-def parse_args(argv: list[str]):
-    """-> (config, flags, FASTA paths): the FASTA paths are the arguments that are not options."""
-    paths = [a for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] != "--config")]
-    cfg, flags = load_config([a for a in argv if a not in paths], flags=("--demo",))
-    if bool(paths) == ("--demo" in flags):
-        raise ConfigError("usage: 05_mutagenesis.py --config FILE (seqs.fa [more.fa ...] | --demo)")
-    return cfg, flags, [Path(p) for p in paths]
-
-
 def demo_fasta(path: Path, seed: int, n: int = 4) -> Path:
     """n fresh core promoters (TATA box, Inr at fixed offsets; CAAT box near 11) and n splice donors (exon |
     GT[AG]AGT at 51), 100 bp each; each header names its motifs (1-based, inclusive)."""
-    g, records = Grammar(np.random.default_rng([seed, 13])), []
+    g = Grammar(rng(seed, "mutagenesis demo"))
+    records = []
     for i in range(n):
         s = promoter_example(g, 1).tobytes().decode()
         caat = s.find("GGCCAATCT", 0, 22)  # planted at 10 +- 3
@@ -82,12 +73,12 @@ def changed(a, b) -> list[int]:
 @torch.no_grad()
 def masked_log_probs(model, inputs: list[list[int]], positions: list[int]) -> torch.Tensor:
     """log p(. | input) at each input's one masked position -> (N, V). The LM head runs at that position only."""
-    out, device = [], next(model.parameters()).device
+    device = next(model.parameters()).device
+    out = []
     for s in range(0, len(inputs), BATCH_SIZE):
         x, mask = pad_batch(inputs[s:s + BATCH_SIZE], model.cfg.pad_token_id, device)
-        h = model.encoder(x, mask)  # (b, T, C)
-        h = h[torch.arange(len(x), device=device), torch.tensor(positions[s:s + BATCH_SIZE], device=device)]  # (b, C)
-        out.append(F.log_softmax(model.lm_head(h, model.decoder_weight).float(), dim=-1).cpu())
+        at = torch.tensor(positions[s:s + BATCH_SIZE], device=device)[:, None]  # (b, 1)
+        out.append(F.log_softmax(model(x, mask, positions=at)[:, 0].float(), dim=-1).cpu())  # (b, V)
     return torch.cat(out)
 
 
@@ -96,10 +87,12 @@ def score_sequence(model, tok, mask_id: int, seq: str) -> np.ndarray:
     defines it; 0 at the reference base, NaN where the reference is not A/C/G/T."""
     seq, L = seq.upper(), len(seq)
     sites = [(i, a) for i, r in enumerate(seq) if r in BASES for a in BASES if a != r]
-    ref, alts = tok.encode(seq), tok.encode_batch([seq[:i] + a + seq[i + 1:] for i, a in sites])
+    ref = tok.encode(seq)
+    alts = tok.encode_batch([seq[:i] + a + seq[i + 1:] for i, a in sites])
     if max(len(e.ids) for e in [ref, *alts]) > model.cfg.max_seq_len:
         raise UserError(f"{len(ref.ids):,} tokens > model.max_seq_len = {model.cfg.max_seq_len}; cut it into windows")
-    queries, terms = {}, []  # (masked input, position) -> its row; per site [(sign, row, token id)]
+    queries = {}  # (masked input, position) -> its row
+    terms = []  # per site [(sign, row, token id)]
     for alt in alts:
         term = []
         for sign, enc, other in ((1, alt, ref), (-1, ref, alt)):
@@ -111,10 +104,8 @@ def score_sequence(model, tok, mask_id: int, seq: str) -> np.ndarray:
     if not sites:
         return scores
     logp = masked_log_probs(model, [list(m) for m, _ in queries], [t for _, t in queries])  # (N, V)
-    for i, r in enumerate(seq):
-        if r in BASES:
-            scores[BASES.index(r), i] = 0.0
     for (i, a), term in zip(sites, terms):
+        scores[BASES.index(seq[i]), i] = 0.0  # the reference base
         scores[BASES.index(a), i] = sum(sign * logp[row, token].item() for sign, row, token in term)
     return scores
 
@@ -137,14 +128,17 @@ def plot_heatmap(scores: np.ndarray, seq: str, title: str, path: Path, spans=())
 
 
 def main() -> None:
-    cfg, flags, paths = parse_args(sys.argv[1:])
+    argv = sys.argv[1:]  # the FASTA files (the arguments that are not options), and load_config's options
+    fasta = [a for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] != "--config")]
+    cfg, flags = load_config([a for a in argv if a not in fasta], flags=("--demo",))
+    if bool(fasta) == ("--demo" in flags):
+        raise ConfigError("usage: 05_mutagenesis.py --config FILE (seqs.fa [more.fa ...] | --demo)")
     out = prepare_dir(cfg.out_dir / "mutagenesis")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.run.device == "auto" else cfg.run.device
+    device = setup_distributed(cfg.run.device, cfg.run.deterministic).device  # run.device "auto": cuda if there is one
 
     # 1. the run's model and tokenizer; the sequences (from the files, or fresh demo ones)
     model, tok, special = load_run(cfg.out_dir, device)
-    if "--demo" in flags:
-        paths = [demo_fasta(out / "demo_sequences.fa", cfg.run.seed)]
+    paths = [demo_fasta(out / "demo_sequences.fa", cfg.run.seed)] if "--demo" in flags else [Path(a) for a in fasta]
     records = [(path, rec) for path in paths for rec in read_fasta(path)]
 
     # 2. every substitution of every sequence scored, a heatmap each

@@ -169,12 +169,12 @@ class Block(nn.Module):
 # -----------------------------------------------------------------------------
 # Encoder: embeddings + blocks
 
-def esm_token_dropout(x, is_mask, key_mask):
+def esm_token_dropout(x, is_mask, n_real):
     """ESM's token dropout (Hugging Face EsmEmbeddings, numerically): <mask> rows of the word embeddings
     x (B, T, C) become 0, and each row is scaled by (1 - 0.15 * 0.8) / (1 - its share of <mask> among its
-    real tokens): ESM trained with 12% of tokens masked, so an unmasked sequence at inference is scaled by
-    0.88. is_mask, key_mask: (B, T) bool."""
-    observed = is_mask.sum(-1).float() / key_mask.sum(-1)  # (B,)
+    n_real real tokens): ESM trained with 12% of tokens masked, so an unmasked sequence at inference is
+    scaled by 0.88. is_mask: (B, T) bool; n_real: (B,) or a number."""
+    observed = is_mask.sum(-1).float() / n_real  # (B,)
     x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
     return (x * (1 - 0.15 * 0.8) / (1 - observed)[:, None, None]).to(x.dtype)
 
@@ -198,17 +198,19 @@ class Encoder(nn.Module):
         self.ln_f = nn.LayerNorm(C, eps=cfg.layer_norm_eps) if cfg.norm_position == "pre" else None
 
     def forward(self, input_ids, attention_mask=None):
+        """input_ids (B, T) -> hidden states (B, T, C). attention_mask (B, T), 1 = real token: give it for
+        padded batches; None = every token is real (03's packed blocks). The caller knows which, so the
+        model never inspects the data to find out: no host sync, one static graph under torch.compile."""
         B, T = input_ids.shape
         cfg = self.cfg
         if T > cfg.max_seq_len:
             raise ValueError(f"sequence length {T} > max_seq_len={cfg.max_seq_len}")
-        if attention_mask is None:
-            attention_mask = input_ids != cfg.pad_token_id
-        key_mask = attention_mask.bool()  # (B, T)
+        key_mask = None if attention_mask is None else attention_mask.bool()  # (B, T)
 
         x = self.wte(input_ids)  # (B, T, C)
         if cfg.token_dropout:
-            x = esm_token_dropout(x, input_ids == cfg.mask_token_id, key_mask)
+            n_real = T if key_mask is None else key_mask.sum(-1)  # real tokens per row
+            x = esm_token_dropout(x, input_ids == cfg.mask_token_id, n_real)
         if self.wtt is not None:
             x = x + self.wtt.weight[0]
         if self.wpe is not None:
@@ -224,9 +226,8 @@ class Encoder(nn.Module):
         rope = None
         if cfg.position_embedding == "rope":
             rope = rope_cos_sin(T, cfg.head_size, cfg.rope_theta, input_ids.device)  # 2 x (T, hs)
-        # Without padding (packed pretraining blocks) drop the mask: SDPA can then use flash attention.
-        # This is one host sync per forward; it sits outside the blocks, so per-block compile is unaffected.
-        attn_mask = None if bool(key_mask.all()) else key_mask[:, None, None, :]  # (B, 1, 1, T)
+        # no mask lets SDPA pick flash attention; a padded batch masks its pad keys: (B, 1, 1, T)
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
         for block in self.blocks:
             x = block(x, attn_mask, rope)
         if self.ln_f is not None:
@@ -252,6 +253,8 @@ def _init_module(module, std):
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+    elif isinstance(module, LMHead):  # its own parameter: the decoder bias
+        nn.init.zeros_(module.bias)
 
 
 class EncoderWithHead(nn.Module):
@@ -260,11 +263,6 @@ class EncoderWithHead(nn.Module):
         """(Re)initialise every parameter in place; call after to_empty() when built on meta. There are
         no buffers (RoPE tables are computed per forward) and no second copy of a tied weight."""
         self.apply(lambda m: _init_module(m, self.cfg.init_std))
-        if hasattr(self, "lm_head"):
-            nn.init.zeros_(self.lm_head.bias)
-
-    def num_parameters(self, exclude_positions=False):
-        return num_parameters(self, exclude_positions)
 
 
 class LMHead(nn.Module):
@@ -299,20 +297,20 @@ class MaskedLM(EncoderWithHead):
     def decoder_weight(self):  # (V, C); tied: the one and only (V, C) matrix
         return self.encoder.wte.weight if self.cfg.tie_word_embeddings else self.lm_head.decoder.weight
 
-    def forward(self, input_ids, attention_mask=None, labels=None):
-        """input_ids (B, T) long; labels (B, T) with -100 where there is no target.
-        labels None  -> (logits (B, T, V), None)
-        labels given -> (logits (N, V) for the N target positions in row-major order, mean CE loss).
-        Only the target positions (~15%) go through the LM head: the (N, C) x (C, V) decoder is the
-        biggest matmul of a small-hidden model, so this saves most of the head's work (cf. cramming)."""
+    def forward(self, input_ids, attention_mask=None, positions=None):
+        """input_ids (B, T) -> logits (B, T, V); or, given positions (B, K), the logits at those positions
+        only, (B, K, V). Pretraining asks for its K masked positions per row: the (C x V) decoder is the
+        biggest matmul of a small-hidden model, and a fixed K keeps every shape static (cf. cramming)."""
         h = self.encoder(input_ids, attention_mask)  # (B, T, C)
-        if labels is None:
-            return self.lm_head(h, self.decoder_weight), None
-        targets = labels != -100  # (B, T) bool
-        logits = self.lm_head(h[targets], self.decoder_weight)  # (N, V)
-        # sum / max(N, 1) == mean CE for N > 0, and 0 (not NaN) for a batch without targets
-        loss = F.cross_entropy(logits.float(), labels[targets], reduction="sum") / targets.sum().clamp(min=1)
-        return logits, loss
+        if positions is not None:
+            h = h.gather(1, positions.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (B, K, C)
+        return self.lm_head(h, self.decoder_weight)
+
+
+def mlm_loss(logits, labels):
+    """Summed (not mean) cross-entropy over the targets, in fp32: logits (..., V), labels (...) with -100
+    where there is no target. The caller divides by the number of targets of its whole batch."""
+    return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100, reduction="sum")
 
 
 class ClassificationHead(nn.Module):
@@ -342,11 +340,10 @@ class SequenceClassifier(EncoderWithHead):
         self.classifier = ClassificationHead(cfg, num_labels, classifier_dropout)
         self.init_weights()
 
-    def load_encoder_from_mlm(self, state_dict, strict=True):
+    def load_encoder_from_mlm(self, state_dict):
         """Copy the `encoder.*` weights of a MaskedLM state dict (pretrained init for fine-tuning).
         `module.` (DDP) and `_orig_mod.` (torch.compile) prefixes are stripped; `lm_head.*` is ignored.
-        Returns torch's (missing_keys, unexpected_keys) over the encoder; with strict=True (default) any
-        missing or unexpected encoder key raises, so a half-loaded encoder can never pass silently."""
+        Strict: a missing or unexpected encoder key raises, so a half-loaded encoder never passes silently."""
         enc = {}
         for k, v in state_dict.items():
             k = k.replace("_orig_mod.", "").removeprefix("module.")
@@ -354,13 +351,11 @@ class SequenceClassifier(EncoderWithHead):
                 enc[k.removeprefix("encoder.")] = v
         if not enc:
             raise ValueError("state_dict has no 'encoder.*' keys: is it a MaskedLM state dict?")
-        return self.encoder.load_state_dict(enc, strict=strict)
+        self.encoder.load_state_dict(enc)
 
-    def forward(self, input_ids, attention_mask=None, labels=None):
-        h = self.encoder(input_ids, attention_mask)  # (B, T, C)
-        logits = self.classifier(h)  # (B, num_labels)
-        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
-        return logits, loss
+    def forward(self, input_ids, attention_mask=None):
+        """input_ids (B, T) -> class logits (B, num_labels), from the first token's hidden state."""
+        return self.classifier(self.encoder(input_ids, attention_mask))
 
 
 # -----------------------------------------------------------------------------
@@ -389,14 +384,9 @@ def configure_optimizer(net, c, device):
 # -----------------------------------------------------------------------------
 # Size and cost
 
-def num_parameters(model, exclude_positions=False):
-    """Trainable parameters, the tied embedding/decoder counted once (it is one Parameter).
-    exclude_positions drops the learned position table, as nanoGPT reports."""
-    n = sum(p.numel() for p in model.parameters())
-    encoder = getattr(model, "encoder", model)
-    if exclude_positions and getattr(encoder, "wpe", None) is not None:
-        n -= encoder.wpe.weight.numel()
-    return n
+def num_parameters(model):
+    """Trainable parameters, the tied embedding/decoder counted once (it is one Parameter)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def flops_per_token(cfg, seq_len, head_fraction=1.0):
@@ -404,7 +394,7 @@ def flops_per_token(cfg, seq_len, head_fraction=1.0):
     N_matmul = weights in a matmul per token: per layer 4C^2 (qkv, proj) + 2CF (GELU) or 3CF (SwiGLU),
     plus the LM head's C^2 dense and VC decoder; 6 = 2 (multiply-add) x 3 (forward, 2x backward).
     12LCT: attention scores and weighted sum, bidirectional (no causal halving). head_fraction: share
-    of tokens through the LM head (1.0 by convention; 0.15 = what MaskedLM computes with labels)."""
+    of tokens through the LM head (1.0 by convention; 0.15 = what pretraining computes, at its masked positions)."""
     C, L, F_, V = cfg.hidden_size, cfg.num_layers, cfg.ffn_size, cfg.vocab_size
     per_layer = 4 * C * C + (3 if cfg.mlp == "swiglu" else 2) * C * F_
     head = C * C + V * C

@@ -5,13 +5,14 @@ Figure 1: one training step (forward + backward + AdamW) of the tinydnabert shap
     python bench/bench_model.py --batch 2 --seq-len 128 --repeats 3     # quick
     python bench/bench_model.py --profile                # + a torch.profiler table per contender
     python bench/bench_model.py --device cuda            # GPU: bf16 autocast, eager, and compiled ours
+    python bench/bench_model.py --check                  # the GPU rows' code path on CPU, tiny model (no figure)
 
 Contenders, same weights (ours_to_hf_roberta), same batch, same masking (15%, 80/10/10), both in train
 mode with the same dropout (0.1 hidden, 0.1 attention), one AdamW each:
     hf          transformers.RobertaForMaskedLM, attn_implementation="sdpa", loss over all positions
                 with ignore_index (its logits are (B, T, V))
     ours        MaskedLM(input_ids) -> (B, T, V) logits, then the same cross-entropy: the same work as HF
-    ours-masked MaskedLM(input_ids, labels=...) -> the LM head only at the ~15% masked positions
+    ours-masked MaskedLM(input_ids, positions=...) -> the LM head only at the K = 15% masked positions per row
 The steps are interleaved round by round (the machine is shared), and each figure is the median over
 rounds of ours/hf measured in the same round. Printed as a table, written to bench/results/bench_model.csv.
 """
@@ -27,9 +28,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from benchlib import (format_table, gpu_peak_tflops, interleaved_times, load_script, load_str,  # noqa: E402
+from benchlib import (cuda_call, format_table, gpu_peak_tflops, interleaved_times, load_script, load_str,  # noqa: E402
                       machine_info, paired_ratio, row, write_rows)
-from model import MaskedLM, ModelConfig, flops_per_token  # noqa: E402
+from model import MaskedLM, ModelConfig, flops_per_token, mlm_loss  # noqa: E402
 from shelf.hf_keys import ours_to_hf_roberta  # noqa: E402
 
 BPE_SPECIALS, MASK_ID = [0, 1, 2, 3, 4], 4  # <s> <pad> </s> <unk> <mask>, never masked
@@ -45,10 +46,15 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--tiny", action="store_true", help=f"a tiny model ({TINY}) to check the code runs")
+    p.add_argument("--check", action="store_true", help="run the GPU rows' code (bf16, compile) on CPU, --tiny")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: a quick --check)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table per contender")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default bench/results/bench_model.csv)")
     p.add_argument("--seed", type=int, default=1337)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.check:
+        args.tiny, args.device = True, "cpu"
+    return args
 
 
 def hf_roberta_config(cfg: ModelConfig, attn_implementation="sdpa"):
@@ -66,12 +72,13 @@ def hf_roberta_config(cfg: ModelConfig, attn_implementation="sdpa"):
 
 def masked_batch(cfg: ModelConfig, batch, seq_len, seed, mask_prob=0.15):
     """A packed batch (no padding) of plain tokens, MLM-masked by 03_pretrain.py's own Masker: 15% targets,
-    80% <mask> / 10% random / 10% kept. Returns input_ids (B, T) and labels (B, T), -100 = no target."""
+    80% <mask> / 10% random / 10% kept. Returns input_ids (B, T), the masked positions (B, K), their labels
+    (B, K), and the same labels spread over (B, T) for HF (-100 = no target)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(len(BPE_SPECIALS), cfg.vocab_size, (batch, seq_len), generator=g)
-    masker = load_script("03_pretrain.py").Masker(cfg.vocab_size, cfg.vocab_size, BPE_SPECIALS, MASK_ID,
-                                                   mask_prob, torch.device("cpu"))
-    return masker(ids, seed, batch, slice(None))
+    masker = load_script("03_pretrain.py").Masker(cfg.vocab_size, BPE_SPECIALS, MASK_ID, mask_prob, "cpu")
+    inputs, positions, labels = masker(ids, seed, batch, slice(None))
+    return inputs, positions, labels, torch.full_like(ids, -100).scatter(1, positions, labels)
 
 
 def build_models(cfg: ModelConfig, device, seed):
@@ -85,17 +92,19 @@ def build_models(cfg: ModelConfig, device, seed):
     return ours, hf
 
 
-def loss_fns(ours, hf, inputs, labels, V):
-    """name -> () -> scalar loss, the three contenders."""
+def loss_fns(ours, hf, batch, V):
+    """name -> () -> scalar loss (mean CE over the targets), the three contenders."""
+    inputs, positions, labels, full_labels = batch
+
     def hf_loss():
-        return hf(input_ids=inputs, labels=labels).loss  # (B*T, V) logits, CE ignoring -100
+        return hf(input_ids=inputs, labels=full_labels).loss  # (B*T, V) logits, CE ignoring -100
 
     def ours_loss():
-        logits, _ = ours(inputs)  # (B, T, V): the same work as HF
-        return F.cross_entropy(logits.view(-1, V).float(), labels.view(-1), ignore_index=-100)
+        logits = ours(inputs)  # (B, T, V): the same work as HF
+        return F.cross_entropy(logits.view(-1, V).float(), full_labels.view(-1), ignore_index=-100)
 
-    def ours_masked_loss():
-        return ours(inputs, labels=labels)[1]  # LM head at the ~15% targets only
+    def ours_masked_loss():  # LM head at the K = 15% drawn positions only, as 03 trains
+        return mlm_loss(ours(inputs, positions=positions), labels) / (labels != -100).sum()
     return {"hf": hf_loss, "ours": ours_loss, "ours-masked": ours_masked_loss}
 
 
@@ -147,16 +156,15 @@ def main(argv=None):
           f"load {load_before}")
 
     ours, hf = build_models(cfg, device, args.seed)
-    inputs, labels = masked_batch(cfg, B, T, args.seed)
-    inputs, labels = inputs.to(device), labels.to(device)
-    fns = loss_fns(ours, hf, inputs, labels, V)
+    batch = [t.to(device) for t in masked_batch(cfg, B, T, args.seed)]
+    fns = loss_fns(ours, hf, batch, V)
     max_diff, ref_loss = check_same_loss(ours, hf, fns)
     print(f"same weights, eval-mode loss {ref_loss:.4f}, max |ours - hf| = {max_diff:.2e}")
     if max_diff > 1e-3 * max(1.0, abs(ref_loss)):
         raise SystemExit(f"error: ours and HF disagree (loss diff {max_diff:.2e}): not the same model")
 
     rows = []
-    if device == "cpu":
+    if device == "cpu" and not args.check:
         models = {"hf": hf, "ours": ours, "ours-masked": ours}
         steps = {n: make_step(models[n], fn) for n, fn in fns.items()}
         if args.profile:
@@ -173,7 +181,7 @@ def main(argv=None):
         for what in ("GPU bf16 step, eager, time ours/HF", "GPU bf16 step, compiled ours vs eager HF"):
             rows.append(row(1, what, target="<= 1.0", note="not measured (no GPU)"))
     else:
-        rows += gpu_rows(cfg, ours, hf, fns, inputs, labels, args, shape)
+        rows += gpu_rows(cfg, ours, hf, fns, batch, args, shape)
 
     load_after = load_str()
     print(format_table(rows))
@@ -183,22 +191,23 @@ def main(argv=None):
     return rows
 
 
-def gpu_rows(cfg, ours, hf, fns, inputs, labels, args, shape):
+def gpu_rows(cfg, ours, hf, fns, batch, args, shape):
     """GPU: bf16 autocast; HF eager vs ours eager, and ours under torch.compile. Also tokens/s and MFU
-    of ours-masked (model FLOPs, LM head counted at the masked fraction)."""
-    device = args.device
+    of ours-masked (model FLOPs, LM head counted at the masked fraction). --check: the same on CPU."""
+    device, check = args.device, args.check
     models = {"hf": hf, "ours": ours, "ours-masked": ours}
     steps = {n: make_step(models[n], fn, torch.bfloat16, device) for n, fn in fns.items()}
-    compiled = torch.compile(ours)  # shares ours' parameters; its own AdamW like every contender
+    compiled = torch.compile(ours, backend=args.compile_backend)  # shares ours' parameters; its own AdamW
     steps["ours-masked-compiled"] = make_step(
-        ours, lambda: compiled(inputs, labels=labels)[1], torch.bfloat16, device)
+        ours, loss_fns(compiled, hf, batch, cfg.vocab_size)["ours-masked"], torch.bfloat16, device)
     steps["ours-masked-compiled"]()  # compile outside the timing (first call)
-    times = interleaved_times(steps, args.repeats, args.warmup, device)
+    times = interleaved_times(steps, args.repeats, args.warmup, device, check)
     med = {n: statistics.median(t) for n, t in times.items()}
     tokens = args.batch * args.seq_len
-    peak = gpu_peak_tflops()
+    peak = gpu_peak_tflops(check=check)
     rows = []
-    note = f"{torch.cuda.get_device_name(0)}; median of {args.repeats} interleaved rounds"
+    gpu = cuda_call("get_device_name", 0, check=check, default="no GPU")
+    note = f"{gpu}{'; CPU code-path check, not a figure' if check else ''}; median of {args.repeats} interleaved rounds"
     for name, what, target in (("ours", "eager, full logits", "<= 1.0"),
                                ("ours-masked", "eager, logits at masked only", "<= 0.85"),
                                ("ours-masked-compiled", "compiled, logits at masked only", "<= 0.85")):
@@ -207,7 +216,7 @@ def gpu_rows(cfg, ours, hf, fns, inputs, labels, args, shape):
         mfu = f", MFU {fpt * tok_s / (peak * 1e12):.1%}" if peak else ""
         rows.append(row(1, f"train step {shape} GPU bf16 {what}, time ours/HF eager",
                         f"HF sdpa eager {tokens / med['hf']:,.0f} tok/s", f"{tok_s:,.0f} tok/s{mfu}",
-                        paired_ratio(times[name], times["hf"]), target, note))
+                        paired_ratio(times[name], times["hf"]), "" if check else target, note))
     return rows
 
 

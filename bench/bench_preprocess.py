@@ -24,16 +24,17 @@ from pathlib import Path
 import numpy as np
 
 from benchlib import two_sizes, write_table
+from shelf.seeds import rng
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_genome(path: Path, mbp: float, seed: int = 0) -> int:
     """Write a gzip FASTA of about `mbp` million bases; return the number of bases."""
-    rng = np.random.default_rng(seed)
-    block = np.frombuffer(b"ACGT", np.uint8)[rng.integers(0, 4, 6_000_000)]  # 6 Mbp, tiled below
-    for start in rng.integers(0, len(block) - 3000, 1200):  # soft-masked repeats, ~50% of bases
-        block[start:start + int(rng.integers(300, 5000))] |= 0x20
+    draw = rng(seed, "bench genome")
+    block = np.frombuffer(b"ACGT", np.uint8)[draw.integers(0, 4, 6_000_000)]  # 6 Mbp, tiled below
+    for start in draw.integers(0, len(block) - 3000, 1200):  # soft-masked repeats, ~50% of bases
+        block[start:start + int(draw.integers(300, 5000))] |= 0x20
     block[1_000_000:1_020_000] = ord("N")  # one 20 kb gap per 6 Mbp
     total = int(mbp * 1e6) // 60 * 60
     with subprocess.Popen(["gzip", "-1"], stdin=subprocess.PIPE, stdout=open(path, "wb")) as gz:

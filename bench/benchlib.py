@@ -24,6 +24,7 @@ RESULTS = ROOT / "bench" / "results"
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # model.py, shelf/; conftest.py
 import conftest  # noqa: E402
 from shelf.files import atomic_write  # noqa: E402
+from shelf.dry_run import gpu_spec  # noqa: E402
 
 ROW_FIELDS = ("figure", "what", "baseline", "ours", "ratio", "target", "met", "note")
 
@@ -88,21 +89,32 @@ def machine_info():
 load_script = functools.cache(conftest.load_script)
 
 
-def gpu_peak_tflops(override=0.0):
-    """bf16 dense peak TFLOP/s of GPU 0 from 03_pretrain.py's table (override > 0 wins); 0.0 when
+def cuda_call(fn, *args, check=False, default=None):
+    """torch.cuda.<fn>(*args): every torch.cuda call of a bench's GPU rows goes through here. check=True (the GPU
+    rows' code on CPU, tiny: --check) still makes the call, so a test can mock it; without CUDA it gives `default`."""
+    try:
+        return getattr(torch.cuda, fn)(*args)
+    except (AssertionError, RuntimeError):  # torch built without CUDA, or no GPU
+        if not check:
+            raise
+        return default
+
+
+def gpu_peak_tflops(override=0.0, check=False):
+    """bf16 dense peak TFLOP/s of GPU 0 from shelf/dry_run.py's table (override > 0 wins); 0.0 when
     unknown, and MFU is then left out rather than guessed."""
     if override > 0:
         return override
-    spec = load_script("03_pretrain.py").gpu_spec(torch.cuda.get_device_name(0))
+    spec = gpu_spec(cuda_call("get_device_name", 0, check=check, default=""))
     return float(spec[0]) if spec else 0.0
 
 
-def sync(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
+def sync(device, check=False):
+    if check or str(device).startswith("cuda"):
+        cuda_call("synchronize", check=check)
 
 
-def interleaved_times(steps, repeats, warmup, device="cpu"):
+def interleaved_times(steps, repeats, warmup, device="cpu", check=False):
     """Time each callable in `steps` (name -> fn) `repeats` times, interleaved round by round (the
     order rotating each round), after `warmup` untimed rounds. Interleaving makes load that other
     processes put on a shared machine fall on every contender alike.
@@ -111,15 +123,15 @@ def interleaved_times(steps, repeats, warmup, device="cpu"):
     for _ in range(warmup):
         for n in names:
             steps[n]()
-    sync(device)
+    sync(device, check)
     times = {n: [] for n in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
-            sync(device)
+            sync(device, check)
             t0 = time.perf_counter()
             steps[n]()
-            sync(device)
+            sync(device, check)
             times[n].append(time.perf_counter() - t0)
     return times
 

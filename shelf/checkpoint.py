@@ -1,12 +1,9 @@
-"""Pretraining checkpoints. checkpoints/step-N/ appears by renaming a finished step-N.tmp/, so a crash
-mid-write leaves the older checkpoints as they were. Each holds the model and optimizer (state.pt; under FSDP
-a torch.distributed.checkpoint folder, which reloads on any number of ranks), meta.pt (03's step, data
-position, config, tokenizer hash), every rank's RNG state and, written last, SHA256SUMS: the sha256 of every
-other file (`sha256sum -c SHA256SUMS` checks one by hand). --resume takes the newest checkpoint whose files
-all match it, so a corrupt file is never read and no file is unpickled unverified (dcp.load unpickles
-.metadata). A checkpoint whose weights or optimizer state are not finite is never written."""
-
-from __future__ import annotations
+"""Pretraining checkpoints. checkpoints/step-N/ appears by renaming a finished step-N.tmp/, so a crash mid-write
+leaves the older checkpoints as they were. Each holds the model and optimizer (state.pt; under FSDP a
+torch.distributed.checkpoint folder, which reloads on any number of ranks), meta.pt (03's step, data position,
+config, tokenizer hash), every rank's RNG state and, written last, SHA256SUMS (`sha256sum -c SHA256SUMS` checks it
+by hand). --resume takes the newest checkpoint whose files all match it, so no file is unpickled unverified
+(dcp.load unpickles .metadata). A checkpoint whose weights or optimizer state are not finite is never written."""
 
 import json
 import os
@@ -95,9 +92,8 @@ def all_finite(state, world: World) -> bool:
 
 
 def resume_point(out: Path, resume: bool, restart: bool, world: World) -> Path | None:
-    """--resume: the latest complete checkpoint, if any. Else an earlier run's checkpoints are refused (days
-    of training are not thrown away for a forgotten flag) or, with --restart, removed with its final weights.
-    A killed run's unfinished writes are removed."""
+    """--resume: the latest complete checkpoint, if any. Else an earlier run's checkpoints are refused (days of
+    training are not thrown away for a forgotten flag) or, with --restart, removed. Unfinished writes are removed."""
     ckpt_dir = out / "checkpoints"
     latest = (complete_checkpoints(ckpt_dir) or [None])[-1]
     if resume and latest is None:
@@ -118,8 +114,7 @@ def resume_point(out: Path, resume: bool, restart: bool, world: World) -> Path |
 
 def save_checkpoint(ckpt_dir: Path, step: int, net, optimizer, extra: dict, world: World, sharded: bool,
                     keep: int) -> Path:
-    """Write checkpoints/step-`step`/ (every rank takes part) and keep the last `keep` checkpoints. State that
-    is not finite is refused (UserError) before anything is written."""
+    """Write checkpoints/step-`step`/ (every rank takes part), keep the last `keep`; refuse state not finite."""
     final, tmp = ckpt_dir / f"step-{step}", ckpt_dir / f"step-{step}.tmp"
     model_sd, optim_sd = get_state_dict(net, optimizer)  # keyed by parameter name: DDP's "module." is dropped
     if not all_finite([model_sd, optim_sd], world):
@@ -135,7 +130,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, net, optimizer, extra: dict, worl
     if world.is_main:
         atomic_torch_save({**extra, "world_size": world.size}, tmp / "meta.pt")
     # dropout's random streams (data order and masks come from their own seeded generators)
-    cuda = torch.cuda.get_rng_state(world.device) if world.device.startswith("cuda") else None
+    cuda = torch.cuda.get_rng_state(world.device) if world.device.type == "cuda" else None
     atomic_torch_save({"torch": torch.get_rng_state(), "cuda": cuda}, tmp / f"rng-rank{world.rank}.pt")
     world.barrier()
     sums = "".join(f"{sha}  {name}\n" for name, sha in hash_files(tmp, world).items())
@@ -153,25 +148,20 @@ def save_checkpoint(ckpt_dir: Path, step: int, net, optimizer, extra: dict, worl
     return final
 
 
-def same_model(saved: dict, model_config) -> bool:
-    try:
-        return type(model_config)(**saved) == model_config
-    except (TypeError, ValueError):  # a key this code does not know, or a value it refuses
-        return False
-
-
 def load_checkpoint(path: Path, net, optimizer, world: World, sharded: bool, model_config=None,
                     tokenizer_sha256: str | None = None, verified: bool = False) -> dict:
-    """Load model + optimizer into the (possibly wrapped or sharded) model, and this rank's RNG state if
-    the world size is unchanged (else the caller re-seeds). Returns meta.pt: step, data position, config.
-    Unless `verified` (by verified_checkpoint), the files are checked against SHA256SUMS first. With
-    `model_config` (a ModelConfig) / `tokenizer_sha256`, a checkpoint of another [model] or tokenizer (if it
-    recorded one, older code did not) is refused: all before any weight is touched. A [model] key added after
-    the checkpoint was written takes its default, so older checkpoints still resume."""
+    """Load model + optimizer into the (possibly wrapped or sharded) model, and this rank's RNG state if the world
+    size is unchanged (else the caller re-seeds). Returns meta.pt: step, data position, config. Unless `verified`,
+    the files are checked against SHA256SUMS first. A checkpoint of another [model] or tokenizer is refused before
+    any weight is touched; a [model] key added since takes its default, so older checkpoints resume."""
     if not verified and (why := checkpoint_problem(path, world)):
         raise UserError(f"{path}: {why}")
     extra = torch.load(path / "meta.pt", weights_only=True)
-    if model_config is not None and not same_model(extra["config"]["model"], model_config):
+    try:
+        same = model_config is None or type(model_config)(**extra["config"]["model"]) == model_config
+    except (TypeError, ValueError):  # a key this code does not know, or a value it refuses
+        same = False
+    if not same:
         raise UserError(f"{path}: saved with another [model] config; resume with the run's config.toml")
     if tokenizer_sha256 and extra.get("tokenizer_sha256", tokenizer_sha256) != tokenizer_sha256:
         raise UserError(f"{path}: trained with another tokenizer.json (sha256 {extra['tokenizer_sha256'][:12]}… vs "
@@ -188,7 +178,7 @@ def load_checkpoint(path: Path, net, optimizer, world: World, sharded: bool, mod
     if extra["world_size"] == world.size:
         rng = torch.load(path / f"rng-rank{world.rank}.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and world.device.startswith("cuda"):
+        if rng["cuda"] is not None and world.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], world.device)
     else:
         print0(f"note: {path} was written by {extra['world_size']} processes, this run has {world.size}: "

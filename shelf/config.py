@@ -1,14 +1,10 @@
-"""
-Configs: one dataclass per TOML section, read from `--config FILE` plus `--section.key=value` overrides.
+"""Configs: one dataclass per TOML section, read from `--config FILE` plus `--section.key=value` overrides.
 
-Each section checks its own values in __post_init__, once, wherever it is built; unknown keys and
-wrong types are a ConfigError (exit 2) that names the key and lists the valid ones. The defaults are
-the tinydnabert preset, so a key a preset leaves out means "as in TinyDNABERT". save_config() writes
-the resolved config as TOML beside an output; it loads back with --config.
-"""
+Each section checks its values in __post_init__, wherever it is built; unknown keys and wrong types are a
+ConfigError (exit 2) naming the key and the valid ones. The defaults are the tinydnabert preset, so a key a preset
+leaves out means "as in TinyDNABERT". save_config() writes the resolved config as TOML; it loads back with --config."""
 
-from __future__ import annotations
-
+import contextlib
 import dataclasses
 import json
 import re
@@ -24,7 +20,6 @@ from shelf.files import atomic_write
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "tinydnabert.toml"
-PRECISIONS = ("auto", "fp32", "bf16")  # "auto": bf16 autocast on CUDA, fp32 on CPU
 HF_INIT = re.compile(r"hf:[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*@[0-9a-f]{40}")  # a hub repo, pinned
 
 
@@ -42,6 +37,7 @@ class RunConfig:
     out_dir: str = "out/tinydnabert"  # every script reads and writes inside this folder
     seed: int = 1337  # every random choice of every script derives from this
     device: str = "auto"  # "auto" (cuda if available, else cpu) | "cpu" | "cuda" | "cuda:N"
+    deterministic: bool = False  # deterministic kernels: two CUDA runs bit-identical (CPU runs are anyway), slower
 
     def __post_init__(self):
         checker("run", self)("device", self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -133,12 +129,11 @@ class PretrainConfig:
     stop_at: int = 0  # end this job at this step, checkpointed (0 = max_steps); --resume goes on (time-limited jobs)
     dry_run_gpus: int = 2  # --dry-run plans for this many GPUs (the preset's intended count); WORLD_SIZE wins
     dry_run_gpu: str = "H100"  # --dry-run: the GPU to plan for: "H100", "H200", "A100", "RTX 4090"
-    dry_run_mfu: float = 0.4  # --dry-run: the model-FLOPs utilisation the time estimate assumes
+    dry_run_mfu: float = 0.23  # --dry-run: the MFU assumed; tinydnabert's on an H200 (bench/results_gpu.md)
 
     def __post_init__(self):
         check = checker("pretrain", self)
         check("parallel", self.parallel in ("ddp", "fsdp"), "expected 'ddp' or 'fsdp'")
-        check("precision", self.precision in PRECISIONS, "expected 'auto', 'fp32' or 'bf16'")
         for key in ("seq_len", "batch_size", "grad_accum", "max_steps", "log_interval", "eval_interval",
                     "eval_batches", "ckpt_interval", "keep_checkpoints", "dry_run_gpus"):
             check(key, getattr(self, key) >= 1, "must be at least 1")
@@ -187,18 +182,17 @@ class FinetuneConfig:
               "from the model's History page on the hub: a branch or tag can move)")
         for key in ("num_seeds", "batch_size", "max_steps", "eval_interval"):
             check(key, getattr(self, key) >= 1, "must be at least 1")
-        check("train_sizes", bool(self.train_sizes) and min(self.train_sizes) >= 0,
-              "expected a non-empty list of label budgets >= 0 (0 = all training labels)")
-        check("train_sizes", len(set(self.train_sizes)) == len(self.train_sizes),
-              "expected each budget once (no duplicates)")
+        sizes = self.train_sizes
+        check("train_sizes", bool(sizes) and min(sizes) >= 0 and len(set(sizes)) == len(sizes),
+              "expected a non-empty list of label budgets >= 0 (0 = all training labels), each budget once")
         check("val_fraction", 0 < self.val_fraction < 1, "must be in (0, 1)")
         check("classifier_dropout", 0 <= self.classifier_dropout < 1, "must be in [0, 1)")
-        check("precision", self.precision in PRECISIONS, "expected 'auto', 'fp32' or 'bf16'")
         check_recipe(check, self)
 
 
 def check_recipe(check, c) -> None:
-    """The optimizer keys [pretrain] and [finetune] share (a NaN fails every one of these)."""
+    """The optimizer and precision keys [pretrain] and [finetune] share (a NaN fails every one of these)."""
+    check("precision", c.precision in ("auto", "fp32", "bf16"), "expected 'auto', 'fp32' or 'bf16'")
     check("lr", 0 < c.lr < 3e38, "must be positive and a float32 (< 3e38)")
     check("warmup_steps", c.warmup_steps >= 0, "must be >= 0 (a warm-up longer than max_steps never decays)")
     check("min_lr", 0 <= c.min_lr <= c.lr, "must be in [0, lr]")
@@ -230,8 +224,6 @@ SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
 EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
-def field_types(section: str) -> dict:
-    return typing.get_type_hints(SECTIONS[section])
 def coerce(value, tp, where: str):
     """`value` as parsed from TOML, checked against a field type: int is accepted where a float is due."""
     if typing.get_origin(tp) is list:
@@ -239,8 +231,7 @@ def coerce(value, tp, where: str):
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list of {item.__name__}, got {value!r}")
         return [coerce(v, item, where) for v in value]
-    ok = isinstance(value, (int, float) if tp is float else tp) and (tp is bool or not isinstance(value, bool))
-    if not ok:
+    if not (isinstance(value, (int, float) if tp is float else tp) and (tp is bool or not isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {EXPECTED[tp]}, got {value!r}")
     return float(value) if tp is float else value
 
@@ -248,7 +239,7 @@ def coerce(value, tp, where: str):
 def set_value(values: dict, section: str, key: str, value, source: str) -> None:
     if section not in SECTIONS:
         raise ConfigError(f"{source}: unknown section [{section}]; valid sections: {', '.join(SECTIONS)}")
-    types = field_types(section)
+    types = typing.get_type_hints(SECTIONS[section])
     if key not in types:
         raise ConfigError(f"{source}: unknown key '{section}.{key}'; valid keys of [{section}]: {', '.join(types)}")
     where = source if source.startswith("--") else f"{source}: {section}.{key}"
@@ -257,10 +248,8 @@ def set_value(values: dict, section: str, key: str, value, source: str) -> None:
 
 def parse_cli_value(text: str):
     """`--a.b=3` -> 3, `=[x,y]` -> ['x','y'], `=true` -> True, `=out/run` -> 'out/run' (quotes optional)."""
-    try:
+    with contextlib.suppress(tomllib.TOMLDecodeError):
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        pass
     if text.startswith("[") and text.endswith("]"):  # a list of bare words: [promoter_all, enhancers]
         inner = text[1:-1].strip()
         return [parse_cli_value(item.strip()) for item in inner.split(",")] if inner else []
@@ -274,9 +263,8 @@ def parse_argv(argv: list[str], flags: tuple[str, ...]) -> tuple[Path, list[tupl
     args = iter(argv)
     for arg in args:
         if arg in ("-h", "--help"):
-            print(usage + "\nsections and keys:")
-            for section in SECTIONS:
-                print(f"  [{section}] " + ", ".join(field_types(section)))
+            print(usage, "sections and keys:", *(f"  [{name}] {', '.join(typing.get_type_hints(make))}"
+                                                 for name, make in SECTIONS.items()), sep="\n")
             sys.exit(0)
         if arg in flags:
             given.add(arg)
@@ -294,8 +282,8 @@ def parse_argv(argv: list[str], flags: tuple[str, ...]) -> tuple[Path, list[tupl
 
 
 def load_config(argv: list[str] | None = None, flags: tuple[str, ...] = ()) -> tuple[Config, set[str]]:
-    """`--config FILE` (default: tinydnabert), `--section.key=value` overrides and the script's own
-    boolean `flags` -> (the resolved Config, the flags given, e.g. {"--resume"})."""
+    """`--config FILE` (default: tinydnabert), `--section.key=value` overrides and the script's boolean `flags`
+    -> (the resolved Config, the flags given, e.g. {"--resume"})."""
     path, overrides, given = parse_argv(sys.argv[1:] if argv is None else list(argv), flags)
     try:
         data = tomllib.loads(path.read_text())
@@ -320,8 +308,6 @@ def load_config(argv: list[str] | None = None, flags: tuple[str, ...] = ()) -> t
 
 # -----------------------------------------------------------------------------
 # writing: the resolved config, every key, as TOML
-
-
 def toml_value(v) -> str:  # a JSON string is a valid TOML string; Python's repr of a number is TOML
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
@@ -336,9 +322,9 @@ def config_to_toml(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_config(cfg: Config, directory: str | Path, name: str = "config.toml") -> Path:
-    """Write the resolved config beside an output; it loads back with `--config`."""
-    path = Path(directory) / name
+def save_config(cfg: Config, directory: str | Path) -> Path:
+    """Write the resolved config as <directory>/config.toml, beside an output; it loads back with `--config`."""
+    path = Path(directory) / "config.toml"
     with atomic_write(path) as f:
         f.write(config_to_toml(cfg))
     return path

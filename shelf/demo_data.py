@@ -1,8 +1,7 @@
-"""
-The demo's data, made here, offline and deterministically: a synthetic genome with a grammar that unlabeled
+"""The demo's data, made here, offline and deterministically: a synthetic genome with a grammar that unlabeled
 sequence can teach (01 reads it as source "demo"), and two NT-format tasks drawn as FRESH instances of the same
-grammar (04's "demo"), so a model pretrained on the genome has seen the kind of sequence the tasks ask about,
-but never a task sequence itself.
+grammar (04's "demo"), so a model pretrained on the genome has seen the kind of sequence the tasks ask about, but
+never a task sequence itself.
 
 The grammar (forward strand only, a simplification), the same in genome and tasks:
   gene      = promoter · 5' UTR · ATG exon (intron exon)+ · stop · poly(A) signal
@@ -11,17 +10,13 @@ The grammar (forward strand only, a simplification), the same in genome and task
   exon      = codons drawn from a fixed codon-usage table (GC ~55%)
   intron    = GT[AG]AGT · AT-rich body · branch point CT[AG]A[CT] · pyrimidine tract · CAG
   repeats   = 4 families (Alu-, L1-, ERV-, MIR-like consensus, one GC content), copies 2-10% diverged, soft-masked
-  background= isochores of GC 37-53%, CpG-depleted (a CG becomes TG 75% of the time, as in vertebrates)
-"""
-
-from __future__ import annotations
+  background= isochores of GC 37-53%, CpG-depleted (a CG becomes TG 75% of the time, as in vertebrates)"""
 
 from pathlib import Path
 
 import numpy as np
 
 from shelf.files import atomic_write
-
 
 DEMO_SEED = 20_240_601  # fixed, so the demo data is the same for every run.seed (which drives the cuts)
 BASES = np.frombuffer(b"ACGT", np.uint8)  # index -> base: BASES[k] for k in 0..3
@@ -141,15 +136,14 @@ def write_demo_genome(path: Path) -> Path:
     for i in g.rng.choice(len(chr2), 30, replace=False):  # IUPAC ambiguity codes where reads disagreed
         chr2[i] = ord("RYKMSW"[g.rng.integers(6)])
     chr3, chr_m = g.chromosome(300_000).tobytes(), g.chromosome(16_569).tobytes()
-    fasta = b"".join([
-        b">chr1 demo chromosome 1, 60-column lines\n", wrap(bytes(chr1), 60),
-        b">chr2 demo chromosome 2 with IUPAC codes\n", wrap(bytes(chr2), 80),
-        b">chr3 demo chromosome 3, Windows line ends\r\n", wrap(chr3, 70, b"\r\n"),
-        b">chrUn_empty an empty record\n\n",
-        b">chrM demo mitochondrion, one unwrapped line\n", chr_m + b"\n",
-    ])
     with atomic_write(path, "wb") as f:
-        f.write(fasta)
+        f.writelines([
+            b">chr1 demo chromosome 1, 60-column lines\n", wrap(bytes(chr1), 60),
+            b">chr2 demo chromosome 2 with IUPAC codes\n", wrap(bytes(chr2), 80),
+            b">chr3 demo chromosome 3, Windows line ends\r\n", wrap(chr3, 70, b"\r\n"),
+            b">chrUn_empty an empty record\n\n",
+            b">chrM demo mitochondrion, one unwrapped line\n", chr_m + b"\n",
+        ])
     return path
 
 
@@ -182,9 +176,8 @@ def splice_example(g: Grammar, label: int) -> np.ndarray:
 
 
 def make_demo_tasks(task_dir: Path, seed: int, sizes: dict[str, tuple[int, int]]) -> None:
-    """Two tasks of fresh grammar instances (sizes, (train, test) records, in configs/nt_tasks.csv):
-    promoter_synth (2 classes) and splice_synth (3 classes); 5% of the labels are flipped, as label noise,
-    so the test MCC stays below 1. Drawn from `seed`, never from DEMO_SEED: no task sequence is in the genome."""
+    """promoter_synth (2 classes) and splice_synth (3), `sizes` (train, test) records of fresh instances; 5% of the
+    labels flipped (noise: test MCC stays below 1). From `seed`, never DEMO_SEED: no task sequence is in the genome."""
     g = Grammar(np.random.default_rng([seed, 12]))
     for name, make, classes in (("promoter_synth", promoter_example, 2), ("splice_synth", splice_example, 3)):
         for split in ("train", "test"):

@@ -1,8 +1,6 @@
 """03_pretrain.py --dry-run: what a run needs per GPU and how long it takes, from the config alone (the
 model is built on the meta device: no memory, no GPU). Also the GPU table MFU is computed from."""
 
-from __future__ import annotations
-
 import os
 
 import torch
@@ -11,21 +9,12 @@ import model as modeling
 from shelf.config import Config
 from shelf.errors import ConfigError
 
-
 # bf16 dense peak (TFLOP/s) and memory (GB) of likely GPUs; the first name in get_device_name() wins.
 GPUS = [("H100 PCIe", 756, 80), ("H100", 989, 80), ("H200", 989, 141), ("A100", 312, 80), ("RTX 4090", 165, 24)]
 
 
 def gpu_spec(name: str) -> tuple[float, float] | None:
     return next(((tflops, mem_gb) for key, tflops, mem_gb in GPUS if key.lower() in name.lower()), None)
-
-
-def activation_elements(mcfg: modeling.ModelConfig) -> int:
-    """Activations one block keeps for backward, in elements per token (flash attention: no T x T scores).
-    ln_attn in C, qkv in C, SDPA q k v + out 4C, proj in C, ln_mlp in C, fc1 in C = 9C, plus the MLP
-    inner tensors: GELU in + out 2F, SwiGLU fc1 out 2F + silu out F + product F = 4F. With F = 4C
-    this is 17C elements = 34C bytes in bf16, Korthikanti et al.'s 34 s b h per layer."""
-    return 9 * mcfg.hidden_size + (4 if mcfg.mlp == "swiglu" else 2) * mcfg.ffn_size
 
 
 def dry_run(cfg: Config) -> None:
@@ -49,7 +38,11 @@ def dry_run(cfg: Config) -> None:
             (("weights (fp32)", 4), ("gradients (fp32)", 4), ("AdamW moments (2 x fp32)", 8))}
     if fsdp:
         plan["FSDP unsharded blocks (~2, params + grads)"] = 2 * 2 * n_block * act_bytes
-    per_layer = tokens_gpu * activation_elements(mcfg) * act_bytes
+    # Activations a block keeps for backward, per token (flash attention: no T x T scores): ln_attn in C, qkv in C,
+    # SDPA q k v + out 4C, proj in C, ln_mlp in C, fc1 in C = 9C, plus the MLP's inner tensors: GELU in + out 2F,
+    # SwiGLU fc1 out 2F + silu out F + product F = 4F. With F = 4C: 17C elements = 34C bytes in bf16, Korthikanti
+    # et al.'s 34 s b h per layer.
+    per_layer = tokens_gpu * (9 * mcfg.hidden_size + (4 if mcfg.mlp == "swiglu" else 2) * mcfg.ffn_size) * act_bytes
     # embeddings; the LM head at the masked tokens (dense, GELU, LayerNorm; fp32 logits and their gradient)
     embed_head = tokens_gpu * 2 * mcfg.hidden_size * act_bytes + train.mask_prob * tokens_gpu * (
         3 * mcfg.hidden_size * act_bytes + 8 * mcfg.vocab_size)

@@ -4,8 +4,7 @@ import sys
 
 
 class UserError(Exception):
-    """A problem with the user's input (config, files, data). exit_code 2 = bad configuration or
-    command line, 1 = bad input data or a failed download."""
+    """A problem with the user's input. exit_code: 2 = bad config or command line, 1 = bad data or a failed download."""
 
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)

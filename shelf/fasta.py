@@ -1,10 +1,13 @@
 """The one FASTA reader: streaming, plain or gzip (bgzip = multi-member gzip), any line length and line ends."""
 
 import gzip
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from tqdm import tqdm
 
 from shelf.errors import UserError
 
@@ -22,24 +25,28 @@ class FastaRecord:
 
 def read_fasta(path: str | Path) -> Iterator[FastaRecord]:
     """Yield whole records: for files of small records (NT tasks, tests). Genomes go through fasta_pieces."""
-    record, pieces = None, []
+    record = None
+    pieces = []
     for start, seq, _ in fasta_pieces(Path(path)):
         if start is None:
             pieces.append(seq)
             continue
         if record:
             yield FastaRecord(record.header, b"".join(pieces).decode(), record.line)
-        record, pieces = start, []
+        record = start
+        pieces = []
     yield FastaRecord(record.header, b"".join(pieces).decode(), record.line)
 
 
-def read_chunks(path: Path) -> Iterator[tuple[bytes, int]]:
-    """Yield (CHUNK decompressed bytes, compressed bytes read so far) of a plain or gzip file."""
+def read_chunks(path: Path, progress: str | None = None) -> Iterator[bytes]:
+    """Yield CHUNK decompressed bytes at a time of a plain or gzip file; `progress`: the label of a tqdm bar of
+    the file's bytes read (shown on a terminal)."""
     try:
         raw = open(path, "rb")
     except OSError as e:  # no permission, a directory, removed since it was listed
         raise UserError(f"{path}: cannot read ({e.strerror})")
-    with raw:
+    with raw, tqdm(total=os.fstat(raw.fileno()).st_size, desc=progress, unit="B", unit_scale=True, leave=False,
+                   disable=None if progress else True) as bar:
         head = raw.peek(6)[:6]
         for magic, kind in [(b"BZh", "bzip2"), (b"\xfd7zXZ", "xz"), (b"\x28\xb5\x2f\xfd", "zstd")]:
             if head.startswith(magic):
@@ -47,22 +54,22 @@ def read_chunks(path: Path) -> Iterator[tuple[bytes, int]]:
         f = gzip.GzipFile(fileobj=raw) if head.startswith(b"\x1f\x8b") else raw
         try:
             while data := f.read(CHUNK):
-                yield data, raw.tell()
+                bar.update(raw.tell() - bar.n)
+                yield data
         except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
             raise UserError(f"{path}: cannot read: truncated or corrupt gzip file ({e}); re-download it")
 
 
-def fasta_pieces(path: Path, progress=None) -> Iterator[tuple[FastaRecord | None, bytes, bytes]]:
-    """Stream a FASTA file, never holding a record: yield (FastaRecord with no sequence, b"", b"") at each
-    header, then (None, seq, other) pieces: seq = at most a chunk of the record's sequence, whitespace
-    removed, case kept; other = seq's bytes other than A/C/G/T/a/c/g/t, in order. Per chunk: a few
-    whole-buffer C calls, never a loop over characters. `progress`: a tqdm bar, in file bytes."""
+def fasta_pieces(path: Path, progress: str | None = None) -> Iterator[tuple[FastaRecord | None, bytes, bytes]]:
+    """Stream a FASTA file, never holding a record: yield (FastaRecord with no sequence, b"", b"") at each header,
+    then (None, seq, other) pieces: seq = at most a chunk of the record's sequence, whitespace removed, case kept;
+    other = seq's bytes but A/C/G/T/a/c/g/t, in order. Per chunk: whole-buffer C calls, no loop over characters."""
     header = None  # the bytes of a '>' line being read (it may span chunks), else None
-    line, header_line, at_line_start, seen_header, done = 1, 0, True, False, 0
-    for chunk, consumed in read_chunks(path):
-        if progress is not None:
-            progress.update(consumed - done)
-        pos, done = 0, consumed
+    header_line = 0  # the line number of the last header (0: none yet)
+    line = 1  # the line number at pos
+    at_line_start = True
+    for chunk in read_chunks(path, progress):
+        pos = 0
         while pos < len(chunk):
             if header is not None:  # inside a '>' line: everything up to the newline is the header
                 nl = chunk.find(b"\n", pos)
@@ -71,9 +78,14 @@ def fasta_pieces(path: Path, progress=None) -> Iterator[tuple[FastaRecord | None
                 if nl < 0:
                     break
                 yield FastaRecord(header.decode("ascii", "replace").strip(), "", header_line), b"", b""
-                header, pos, at_line_start, line = None, nl + 1, True, line + 1
+                header = None
+                pos = nl + 1
+                at_line_start = True
+                line += 1
             elif at_line_start and chunk[pos] == ord(">"):
-                header, header_line, seen_header, pos = bytearray(), line, True, pos + 1
+                header = bytearray()
+                header_line = line
+                pos += 1
             else:  # sequence lines, up to the next header: a '>' right after a newline (found by memchr)
                 end = chunk.find(b">", pos + 1)
                 while end > 0 and chunk[end - 1] != ord("\n"):
@@ -81,11 +93,11 @@ def fasta_pieces(path: Path, progress=None) -> Iterator[tuple[FastaRecord | None
                 end = len(chunk) if end < 0 else end
                 raw = chunk[pos:end]
                 seq = raw.replace(b"\n", b"")
-                newlines = len(raw) - len(seq)
                 other = seq.translate(None, b"ACGTacgt")
                 if other and (clean := other.translate(None, WHITESPACE)) != other:  # CRLF, spaces, tabs
-                    seq, other = seq.translate(None, WHITESPACE), clean
-                if seq and not seen_header:
+                    seq = seq.translate(None, WHITESPACE)
+                    other = clean
+                if seq and not header_line:
                     at = len(raw) - len(raw.lstrip())
                     raise UserError(f"{path}:{line + raw.count(10, 0, at)}: expected a FASTA header starting with "
                                     f"'>', found {raw[at:at + 20]!r}")
@@ -95,9 +107,10 @@ def fasta_pieces(path: Path, progress=None) -> Iterator[tuple[FastaRecord | None
                                     "line: not a FASTA text file")
                 if seq:
                     yield None, seq, other
-                line += newlines
-                at_line_start, pos = raw.endswith(b"\n"), end
+                line += raw.count(b"\n")
+                at_line_start = raw.endswith(b"\n")
+                pos = end
     if header is not None:  # a last header with no newline after it
         yield FastaRecord(header.decode("ascii", "replace").strip(), "", header_line), b"", b""
-    if not seen_header:
+    if not header_line:
         raise UserError(f"{path}: empty file (no FASTA records)")

@@ -1,11 +1,6 @@
-"""
-Files: written atomically, hashed, and downloaded resumably with a checksum.
-
-atomic_write: a temp file in the target's folder, fsync, then rename over the target. Rename is atomic
-on POSIX, so a reader (or a crash) sees the old file or the new one, never half of one.
-"""
-
-from __future__ import annotations
+"""Files: written atomically (a temp file in the target's folder, fsync, then a rename over the target, which POSIX
+makes atomic: a reader or a crash sees the old file or the new one, never half of one), hashed, and downloaded
+resumably with a checksum."""
 
 import contextlib
 import hashlib
@@ -20,7 +15,13 @@ import urllib.request
 from http.client import HTTPException
 from pathlib import Path
 
+from tqdm import tqdm
+
 from shelf.errors import UserError
+
+RETRIES = 5  # download failures in a row before giving up
+BACKOFF_S = 1.0  # the first wait, doubling after each failure
+TIMEOUT_S = 60.0  # per connection and read
 
 
 @contextlib.contextmanager
@@ -69,8 +70,6 @@ def file_hash(path: str | Path, algorithm: str = "sha256") -> str:
 
 # -----------------------------------------------------------------------------
 # downloads: resumable, retried, verified, cached (01 fetches genomes, 04 the NT benchmark)
-
-
 class NotFound(UserError):
     """HTTP 404 or 410: the server has no such file (a genome withdrawn from NCBI since a list was made)."""
 
@@ -80,12 +79,12 @@ def unresolved(e: Exception) -> bool:
     return isinstance(getattr(e, "reason", e), socket.gaierror)
 
 
-def remote_size(url: str, timeout_s: float = 20.0) -> int | None:
+def remote_size(url: str) -> int | None:
     """A file's size in bytes as the server reports it; None on any error. A one-byte ranged GET, not a
     HEAD: every server that serves resumable downloads answers it (Content-Range: bytes 0-0/<size>)."""
     request = urllib.request.Request(url, headers={"Range": "bytes=0-0", "User-Agent": "dna-lm-download/1.0"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as r:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as r:
             size = r.headers.get("Content-Range", "").rpartition("/")[2] or r.headers.get("Content-Length")
             return int(size) if r.status in (200, 206) and size and size.isdigit() else None
     except (urllib.error.URLError, HTTPException, OSError, ValueError):
@@ -93,8 +92,7 @@ def remote_size(url: str, timeout_s: float = 20.0) -> int | None:
 
 
 def is_verified(dest: str | Path, md5: str | None = None) -> bool:
-    """True when `dest` was verified by download() (its `<dest>.md5` sidecar is newer than the file)
-    and, if `md5` is given, was verified against that checksum."""
+    """True when download() verified `dest` (its `<dest>.md5` sidecar is newer than it), against `md5` if given."""
     dest = Path(dest)
     sidecar = dest.with_name(dest.name + ".md5")
     if not (dest.is_file() and sidecar.is_file()) or sidecar.stat().st_mtime < dest.stat().st_mtime:
@@ -103,21 +101,13 @@ def is_verified(dest: str | Path, md5: str | None = None) -> bool:
     return bool(recorded) and (md5 is None or recorded[0] == md5.lower())
 
 
-def download(url: str, dest: str | Path, md5: str | None = None, *, sha256: str | None = None, retries: int = 5,
-             backoff_s: float = 1.0, timeout_s: float = 60.0, quiet: bool = False, offline_hint: str = "") -> Path:
-    """Fetch `url` (http/https) to `dest` once; return `dest`.
-
-    - Streams into `<dest>.part` with a progress bar in bytes. An interrupted transfer (dropped
-      connection, killed process) resumes from the .part size with an HTTP `Range` request.
-    - Network errors, timeouts and HTTP 408/429/5xx are retried with back-off (backoff_s * 2^k seconds,
-      at most `retries` times in a row); a transfer that made progress is resumed at once.
-    - Checks the md5 and the sha256 when given (else only the length), renames into place and writes
-      `<dest>.md5` (md5sum format). A verified file is never downloaded again; a file that fails the
-      check is deleted, never used (UserError, exit 1). HTTP 404/410 raise NotFound; a host name that
-      does not resolve fails at once, with `offline_hint` (what to do instead) in its message.
-    """
-    from tqdm import tqdm
-
+def download(url: str, dest: str | Path, md5: str | None = None, *, sha256: str | None = None, quiet: bool = False,
+             offline_hint: str = "") -> Path:
+    """Fetch `url` (http/https) to `dest` once, via `<dest>.part`, which an interrupted transfer resumes (HTTP Range).
+    Network errors, timeouts and HTTP 408/429/5xx are retried with back-off, RETRIES times in a row. The md5 and
+    sha256 are checked when given (else only the length), then `<dest>.md5` is written (md5sum format): a verified
+    file is never fetched again, one that fails is deleted, never used. HTTP 404/410 raise NotFound; a host name
+    that does not resolve fails at once, with `offline_hint` (what to do instead)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -147,7 +137,7 @@ def download(url: str, dest: str | Path, md5: str | None = None, *, sha256: str 
         headers = {"User-Agent": "dna-lm-download/1.0", **({"Range": f"bytes={have}-"} if have else {})}
         got = 0
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as r:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S) as r:
                 if have and (r.status != 206 or not r.headers.get("Content-Range", "").startswith(f"bytes {have}-")):
                     have = 0  # the server ignored the Range request: start over
                 length = r.headers.get("Content-Length")
@@ -174,10 +164,10 @@ def download(url: str, dest: str | Path, md5: str | None = None, *, sha256: str 
                 raise UserError(f"{url}: cannot resolve the host name (offline?){offline_hint}"
                                 + (f"; re-run to resume from {part}" if part.is_file() else ""))
         failures = 0 if got else failures + 1  # a transfer that made progress resumes immediately
-        if failures > retries:
-            raise UserError(f"{url}: download failed after {retries} retries ({error})"
+        if failures > RETRIES:
+            raise UserError(f"{url}: download failed after {RETRIES} retries ({error})"
                             + (f"; re-run to resume from {part}" if part.is_file() else ""))
         if failures:
             if not quiet:
-                print(f"{url}: {error}; retrying in {backoff_s * 2 ** (failures - 1):.0f} s", file=sys.stderr)
-            time.sleep(backoff_s * 2 ** (failures - 1))
+                print(f"{url}: {error}; retrying in {BACKOFF_S * 2 ** (failures - 1):.0f} s", file=sys.stderr)
+            time.sleep(BACKOFF_S * 2 ** (failures - 1))

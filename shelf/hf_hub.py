@@ -1,14 +1,8 @@
-"""
-04's init "hf:<org>/<name>@<commit>": a published Hugging Face ESM checkpoint (Nucleotide Transformer v1, AgroNT)
-at a pinned commit, fetched once and loaded into our classes.
-
-fetch() downloads config.json, vocab.txt, tokenizer_config.json (if there) and the PyTorch weights
-(pytorch_model.bin, or the shards pytorch_model.bin.index.json names) from <hub_url>/<repo>/resolve/<commit>/
-into <hf_dir>/<repo>/<commit>/, resumably; each weight file's sha256 is checked against the hub's file list
-(<hub_url>/api/models/<repo>/tree/<commit>: [{"path", "size", "lfs": {"oid": <sha256>, "size"}}, ...]).
-load() turns them into a ModelConfig, a tokenizer, the pad id and a MaskedLM state_dict (shelf/hf_keys.py).
-Nothing downloaded is run: no code files are fetched, and the weights are read with torch.load(weights_only=True).
-"""
+"""04's init "hf:<org>/<name>@<commit>": a published Hugging Face ESM checkpoint (Nucleotide Transformer v1, AgroNT)
+at a pinned commit. fetch() downloads it from <hub_url>/<repo>/resolve/<commit>/ into <hf_dir>/<repo>/<commit>/,
+resumably, each weight file's sha256 checked against the hub's file list (<hub_url>/api/models/<repo>/tree/<commit>:
+[{"path", "size", "lfs": {"oid": <sha256>, "size"}}, ...]); load() turns it into our classes (shelf/hf_keys.py).
+Nothing downloaded is run: no code files are fetched; the weights are read with torch.load(weights_only=True)."""
 
 import json
 from pathlib import Path
@@ -53,8 +47,8 @@ def checkpoint_dir(hf_dir: str, init: str) -> Path:
     return Path(hf_dir) / repo / commit
 
 
-def fetch(hub_url: str, hf_dir: str, init: str) -> Path:
-    """Download an hf: init's files, unless verified already; -> their folder. The commit pins every byte."""
+def fetch(hub_url: str, hf_dir: str, init: str) -> None:
+    """Download an hf: init's files into checkpoint_dir, unless verified already. The commit pins every byte."""
     repo, commit = init.removeprefix("hf:").rsplit("@", 1)
     folder, hub_url = checkpoint_dir(hf_dir, init), hub_url.rstrip("/")
 
@@ -79,7 +73,6 @@ def fetch(hub_url: str, hf_dir: str, init: str) -> Path:
         if not sha256:  # the hub keeps weights in git LFS, and lists each one's sha256
             raise UserError(f"{listing}: no lfs.oid (sha256) for {name}, so it cannot be verified")
         get(name, sha256)
-    return folder
 
 
 def load(folder: Path):

@@ -1,19 +1,15 @@
 """
 Hugging Face checkpoints <-> model.py: weight names (pure renames), an ESM config.json as our ModelConfig,
 and a k-mer vocab.txt as our tokenizer. Two families map: RoBERTa (tinydnabert's shape: post-LN) and ESM
-(EsmForMaskedLM: Nucleotide Transformer v1, AgroNT: pre-LN, learned positions, GELU). The tests use these
-to prove MaskedLM computes exactly what HF computes; README shows how to export and import.
+(EsmForMaskedLM: Nucleotide Transformer v1, AgroNT: pre-LN, learned positions, GELU).
 
-  HF (roberta. or esm.)                              ours
-  <p>.embeddings.{word,position,token_type}_embeddings  encoder.{wte,wpe,wtt}
-  roberta.embeddings.LayerNorm                       encoder.ln_emb       (post-LN only)
-  esm.encoder.emb_layer_norm_after                   encoder.ln_f         (pre-LN only)
+  HF (<p> = roberta. or esm.)                           ours
+  <p>.<X> (the embeddings, ESM's last LayerNorm)        encoder.<_EMBEDDINGS[family][X]>: wte, wpe, wtt, ln_emb, ln_f
   <p>.encoder.layer.i.attention.self.{query,key,value}  encoder.blocks.i.attn.qkv  (cat / chunk on dim 0)
-  <p>.encoder.layer.i.<_BLOCK[family][X]>            encoder.blocks.i.<X>
-  lm_head.{dense,layer_norm}.*, lm_head.bias         same names (RoBERTa's lm_head.decoder.bias is lm_head.bias)
-  lm_head.decoder.weight                             tied: none (it is encoder.wte.weight); untied: same name
-  classifier.{dense,out_proj}.*                      same names
-  esm.contact_head.* (protein contacts)              none: dropped on import, not written on export
+  <p>.encoder.layer.i.<X>                               encoder.blocks.i.<_BLOCK[family][X]>
+  lm_head.*, classifier.*                               same names (RoBERTa's lm_head.decoder.bias is lm_head.bias)
+  lm_head.decoder.weight                                tied: none (it is encoder.wte.weight); untied: same name
+  esm.contact_head.* (protein contacts)                 none: dropped on import, not written on export
 """
 
 from pathlib import Path
@@ -22,6 +18,7 @@ import torch
 
 from model import ModelConfig
 from shelf.errors import UserError
+from shelf.tokens import kmer_tokenizer_of
 
 _EMBEDDINGS = {"roberta": {"embeddings.word_embeddings.": "wte.", "embeddings.position_embeddings.": "wpe.",
                            "embeddings.token_type_embeddings.": "wtt.", "embeddings.LayerNorm.": "ln_emb."},
@@ -44,7 +41,9 @@ def _rename_prefix(key, table, family):
 
 def hf_to_ours(hf_state_dict, family, tie_word_embeddings=True):
     """HF {Roberta,Esm}For{MaskedLM,SequenceClassification} state dict -> ours. family: "roberta" | "esm"."""
-    out, qkv, p = {}, {}, family + "."
+    p = family + "."
+    out = {}
+    qkv = {}  # (layer, "weight" | "bias") -> {"query": tensor, "key": ..., "value": ...}
     for k, v in hf_state_dict.items():
         if (k.endswith(("position_ids", "token_type_ids")) or k.startswith("esm.contact_head.")
                 or k == "lm_head.decoder.bias" or (k == "lm_head.decoder.weight" and tie_word_embeddings)):
@@ -69,7 +68,8 @@ def ours_to_hf(state_dict, family):
     RoBERTa's decoder bias) written too, so HF's load_state_dict(strict=True) passes (ESM: but for contact_head)."""
     inv_embeddings = {b: a for a, b in _EMBEDDINGS[family].items()}
     inv_block = {b: a for a, b in _BLOCK[family].items()}
-    out, p = {}, family + "."
+    p = family + "."
+    out = {}
     for k, v in state_dict.items():
         if k.startswith("encoder.blocks."):
             i, rest = k.removeprefix("encoder.blocks.").split(".", 1)
@@ -122,27 +122,12 @@ def esm_model_config(c: dict, where="config.json") -> ModelConfig:
 
 
 def esm_vocab_tokenizer(vocab_txt, eos=True):
-    """An ESM k-mer vocab.txt (one token a line, id = line number; NT: <unk> <pad> <mask> <cls> <eos> <bos>,
-    the 4,096 6-mers, A T C G N) -> a tokenizers.Tokenizer that gives EsmTokenizer's ids on A/C/G/T/N text:
-    <cls>, k-mers left to right, one nucleotide where an N or the end breaks a k-mer, then <eos> if the vocab
-    has one and `eos` (EsmTokenizer's default; False where a tokenizer_config.json sets eos_token to null).
-    As 02's kmer kind, lower case is upper-cased and other letters become N (EsmTokenizer: <unk>).
-    Saved as tokenizer.json, it is read by shelf.tokens.load_tokenizer."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
+    """An ESM k-mer vocab.txt (one token a line, id = line number; NT: <unk> <pad> <mask> <cls> <eos> <bos>, the
+    4,096 6-mers, A T C G N) -> shelf.tokens' k-mer tokenizer (02's kmer kind: EsmTokenizer's ids); <eos> at the
+    end if the vocab has one and `eos` (EsmTokenizer's default; False where tokenizer_config.json nulls eos_token)."""
     tokens = [line.strip() for line in Path(vocab_txt).read_text().splitlines()]
-    vocab = {t: i for i, t in enumerate(tokens)}
     ks = {len(t) for t in tokens if len(t) > 1 and not set(t) - set("ACGT")}
-    if missing := [t for t in ("<pad>", "<mask>", "<cls>", *"ACGTN") if t not in vocab] or len(ks) != 1:
+    if missing := [t for t in ("<pad>", "<mask>", "<cls>", *"ACGTN") if t not in tokens] or len(ks) != 1:
         raise UserError(f"{vocab_txt}: {f'no {missing[0]!r} token' if missing else f'k-mers of lengths {sorted(ks)}'}"
                         "; expected an ESM k-mer vocab.txt (<pad> <mask> <cls>, the k-mers of one k, A C G T N)")
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>" if "<unk>" in vocab else "N"))
-    tok.normalizer = normalizers.Sequence([normalizers.Replace(c.lower(), c) for c in "ACGT"]
-                                          + [normalizers.Replace(Regex("[^ACGTN]"), "N")])
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"[ACGT]{{{ks.pop()}}}|[\\s\\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.add_special_tokens([t for t in tokens if t.startswith("<") and t.endswith(">")])
-    end = [("<eos>", vocab["<eos>"])] if eos and "<eos>" in vocab else []
-    tok.post_processor = processors.TemplateProcessing(single="<cls> $A" + " <eos>" * bool(end),
-                                                       special_tokens=[("<cls>", vocab["<cls>"]), *end])
-    return tok
+    return kmer_tokenizer_of(tokens, ks.pop(), eos and "<eos>" in tokens)

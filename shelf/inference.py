@@ -1,16 +1,14 @@
-"""
-Use a trained model: load a run's final weights, and turn sequences into embeddings.
+"""Use a trained model: load a run's final weights, and turn sequences into embeddings.
 
     from shelf.inference import load_run, embed
     model, tok, special = load_run("out/demo")              # final/model.pt, final/config.toml, tokenizer.json
     per_token, mask, pooled = embed(model, tok, ["ACGT...", "GATTACA..."])  # (B, T, C), (B, T), (B, C)
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from model import MaskedLM
 from shelf.checkpoint import load_final_weights
@@ -39,13 +37,19 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     return model.to(device).eval(), tok, special
 
 
-def pad_batch(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lists of token ids -> input_ids (B, T) right-padded to the longest, mask (B, T) bool, on `device`."""
-    x = torch.full((len(ids), max(map(len, ids))), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(x, dtype=torch.bool)
-    for r, row in enumerate(ids):
-        x[r, :len(row)], mask[r, :len(row)] = torch.tensor(row), True
-    return x.to(device), mask.to(device)
+def pad_batch(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Lists of token ids -> input_ids (B, T), right-padded to the longest, and the attention mask (B, T), True at
+    the real tokens, on `device`. The mask is None when no row is padded: the model then attends to every token."""
+    x = pad_sequence([torch.tensor(row) for row in ids], batch_first=True, padding_value=pad_id)  # (B, T)
+    mask = torch.arange(x.shape[1]) < torch.tensor([len(row) for row in ids])[:, None]  # (B, T)
+    return x.to(device), None if mask.all() else mask.to(device)
+
+
+def mean_pool(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Hidden states (B, T, C) -> (B, C), their mean over the real tokens (mask (B, T); None: all), specials
+    included as NT's model card does: a sequence's embedding does not depend on the batch it is padded into."""
+    m = torch.ones(h.shape[:2], device=h.device) if mask is None else mask.to(h.dtype)  # (B, T)
+    return (h * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True)
 
 
 @torch.no_grad()
@@ -54,20 +58,18 @@ def embed(model: MaskedLM, tok, seqs: list[str], batch_size: int = 32):
       per_token (B, T, C): one row per token of the tokenizer, its specials included (<cls> ... ; <s> ... </s>),
                  T = the longest tokenized sequence, zeros past a sequence's end;
       mask      (B, T) bool: True at a sequence's real tokens;
-      pooled    (B, C): the mean of per_token over the real tokens only (specials included, as NT's model card),
-                 so a sequence's embedding does not depend on the batch it is padded into.
+      pooled    (B, C): mean_pool of per_token.
     Batches of `batch_size`, each padded to its longest; a sequence longer than max_seq_len tokens is an error."""
     ids = [enc.ids for enc in tok.encode_batch(seqs)]
-    pad_id, device = model.cfg.pad_token_id, next(model.parameters()).device
+    device = next(model.parameters()).device
     if too_long := [i for i, x in enumerate(ids) if len(x) > model.cfg.max_seq_len]:
         raise UserError(f"sequence {too_long[0] + 1}: {len(ids[too_long[0]]):,} tokens > model.max_seq_len = "
                         f"{model.cfg.max_seq_len:,}; cut it into windows")
-    T, C = max(map(len, ids)), model.cfg.hidden_size
-    per_token, mask = torch.zeros(len(ids), T, C), torch.zeros(len(ids), T, dtype=torch.bool)
+    per_token = torch.zeros(len(ids), max(map(len, ids)), model.cfg.hidden_size)
     model.eval()
     for start in range(0, len(ids), batch_size):
-        x, m = pad_batch(ids[start:start + batch_size], pad_id, device)
-        h = model.encoder(x, m).float() * m.unsqueeze(-1)  # (b, t, C), zero at the pads
-        per_token[start:start + len(x), :x.shape[1]], mask[start:start + len(x), :x.shape[1]] = h.cpu(), m.cpu()
-    pooled = per_token.sum(1) / mask.sum(1, keepdim=True)  # (B, C): pads are zero, so this is the real-token mean
-    return per_token, mask, pooled
+        x, mask = pad_batch(ids[start:start + batch_size], model.cfg.pad_token_id, device)
+        per_token[start:start + len(x), :x.shape[1]] = model.encoder(x, mask).float().cpu()  # (b, t, C)
+    mask = torch.arange(per_token.shape[1]) < torch.tensor([len(x) for x in ids])[:, None]  # (B, T)
+    per_token *= mask.unsqueeze(-1)  # zeros at the pads
+    return per_token, mask, mean_pool(per_token, mask)

@@ -1,11 +1,8 @@
-"""
-The NT-format task files 04 fine-tunes on: the benchmark's hub repos at pinned commits and their published
-record counts (configs/nt_tasks.csv), downloading a task, and reading one, checked line by line (FASTA
-records with headers `name|...|label`; errors name file:line).
-"""
+"""The NT-format task files 04 fine-tunes on: the benchmark's hub repos at pinned commits and their published
+record counts (configs/nt_tasks.csv), downloading a task, and reading one, checked line by line (FASTA records with
+headers `name|...|label`; errors name file:line)."""
 
 from collections import namedtuple
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,8 @@ TASKS_CSV = PROJECT_ROOT / "configs" / "nt_tasks.csv"  # benchmark, task, displa
 
 # the name in published tables, record counts, classes; None = unknown (local tasks, original benchmark)
 TaskInfo = namedtuple("TaskInfo", "display train test classes")
+# one task: its folder, each split's sequences (their token ids: runs.py's TokenIds) and int64 labels, its classes
+TaskData = namedtuple("TaskData", "folder train_x train_y test_x test_y classes")
 MAX_CLASSES = 1000  # a local task's labels are 0..MAX_CLASSES - 1
 
 
@@ -35,10 +34,8 @@ def task_table(benchmark: str) -> dict[str, TaskInfo]:
             for r in read_commented_csv(TASKS_CSV) if r["benchmark"] == benchmark}
 
 
-def load_task_file(path: Path, num_classes: int | None = None) -> tuple[list[str], np.ndarray]:
+def load_task_file(path: Path, num_classes: int = MAX_CLASSES) -> tuple[list[str], np.ndarray]:
     """NT FASTA, header `name|…|label`. -> (upper-cased sequences, int64 labels); errors name file:line."""
-    if not path.is_file():
-        raise UserError(f"{path}: task file not found")
     seqs, labels = [], []
     for rec in read_fasta(path):
         where, header, text = f"{path}:{rec.line}", rec.header[:60], rec.header.rsplit("|", 1)[-1].strip()
@@ -48,8 +45,8 @@ def load_task_file(path: Path, num_classes: int | None = None) -> tuple[list[str
             labels.append(int(text))
         except ValueError:
             raise UserError(f"{where}: label {text!r} is not an integer (header {header!r})")
-        if not 0 <= labels[-1] < (num_classes or MAX_CLASSES):
-            raise UserError(f"{where}: label {labels[-1]} is outside the task's classes 0..{(num_classes or MAX_CLASSES) - 1}")
+        if not 0 <= labels[-1] < num_classes:
+            raise UserError(f"{where}: label {labels[-1]} is outside the task's classes 0..{num_classes - 1}")
         if not rec.sequence:
             raise UserError(f"{where}: record {header!r} has an empty sequence")
         seqs.append(rec.sequence.upper())  # the tokenizers are trained on upper case
@@ -58,19 +55,9 @@ def load_task_file(path: Path, num_classes: int | None = None) -> tuple[list[str
     return seqs, np.array(labels, dtype=np.int64)
 
 
-@dataclass
-class TaskData:
-    folder: Path
-    train_x: list  # the sequences, then (finetune_runs) their token ids
-    train_y: np.ndarray
-    test_x: list
-    test_y: np.ndarray
-    classes: int
-
-
 def load_task(task_dir: Path, info: TaskInfo) -> TaskData:
     """Both splits of one task, checked against each other and against the published counts."""
-    train_x, train_y = load_task_file(task_dir / "train.fna", info.classes)
+    train_x, train_y = load_task_file(task_dir / "train.fna", info.classes or MAX_CLASSES)
     classes = info.classes or int(train_y.max()) + 1  # local task: the train labels define the classes
     if classes < 2:
         raise UserError(f"{task_dir / 'train.fna'}: every label is 0; a task needs at least 2 classes")

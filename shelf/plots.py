@@ -1,16 +1,13 @@
 """Every PNG the pipeline draws, each saved atomically by save_png."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from shelf.files import atomic_write
 
-from shelf.files import atomic_write  # noqa: E402
+plt.switch_backend("Agg")  # files only, no display
 
 
 def save_png(fig, path: Path, **kwargs) -> None:
@@ -21,13 +18,11 @@ def save_png(fig, path: Path, **kwargs) -> None:
 
 def plot_lengths(edges: list[int], counts: list[int], path: Path) -> None:
     """Bar chart of the length histogram; the dashed line is what uniform lengths alone would give."""
-
     e, c = np.array(edges), np.array(counts)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(e[:-1], c, width=np.diff(e), align="edge", color="tab:blue", edgecolor="white")
     ax.axhline(c.sum() / len(c), color="black", linestyle="--", linewidth=1, label="flat (uniform draws)")
-    ax.set_xlabel("segment length (bp)")
-    ax.set_ylabel("segments per bin")
+    ax.set(xlabel="segment length (bp)", ylabel="segments per bin")
     ax.set_title(f"{int(c.sum()):,} segments, lengths {e[0]:,}-{e[-1] - 1:,} bp: uniform draws, "
                  "plus each stretch's shorter last piece", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
@@ -35,22 +30,20 @@ def plot_lengths(edges: list[int], counts: list[int], path: Path) -> None:
     save_png(fig, path, dpi=120)
 
 
-def plot_losses(rows: list[dict], path: Path, unigram: float | None = None) -> None:
-    """03's loss.png from pretrain_log.csv's rows: MLM loss (train, validation), masked-token accuracy; `unigram`:
-    the loss of always predicting the token frequencies, the floor a model must get below to have learned context."""
-    train = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") not in ("", None)]
-    val = [(int(r["step"]), float(r["val_loss"]), float(r["val_acc"])) for r in rows
-           if r.get("val_loss") not in ("", None)]
+def plot_losses(rows: list[dict], path: Path) -> None:
+    """03's loss.png from pretrain_log.csv's rows: MLM loss and masked-token accuracy, each beside its baseline (the
+    unigram loss of token frequencies, which a model must beat to have learned context; the most frequent token)."""
+    train = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss")]
+    val = [r for r in rows if r.get("val_loss")]  # "" in a training row
     fig, (ax, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     if train:
         ax.plot(*zip(*train), label="train (masked tokens)", lw=1)
     if val:
-        ax.plot([v[0] for v in val], [v[1] for v in val], "o-", label="validation")
-        ax_acc.plot([v[0] for v in val], [v[2] for v in val], "o-", color="C1", label="validation")
-        const = [float(r["val_const_acc"]) for r in rows if r.get("val_const_acc") not in ("", None)]
-        ax_acc.axhline(const[-1], color="grey", ls="--", label="most frequent token")
-    if unigram is not None:
-        ax.axhline(unigram, color="grey", ls="--", label="unigram (token frequencies)")
+        steps = [int(r["step"]) for r in val]
+        ax.plot(steps, [float(r["val_loss"]) for r in val], "o-", label="validation")
+        ax.axhline(float(val[-1]["val_unigram_loss"]), color="grey", ls="--", label="unigram (token frequencies)")
+        ax_acc.plot(steps, [float(r["val_acc"]) for r in val], "o-", color="C1", label="validation")
+        ax_acc.axhline(float(val[-1]["val_const_acc"]), color="grey", ls="--", label="most frequent token")
     ax.set(xlabel="step", ylabel="MLM loss (nats)", title="masked-LM loss")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="masked-token accuracy")
     for a in (ax, ax_acc):
@@ -88,9 +81,8 @@ def plot_mcc(path: Path, tasks: list[str], series: dict[str, list]) -> None:
 
 
 def plot_mcc_vs_labels(path: Path, panels: dict[str, dict[str, list[tuple[int, list[float]]]]]) -> None:
-    """mcc_vs_labels.png: a panel per task, test MCC against the number of training labels (log scale).
-    `panels`: task -> label -> [(labels, test MCC of each seed)]: fine-tuned lines are the mean with
-    ± s.d. error bars and a dot per seed; probes are dashed mean lines."""
+    """mcc_vs_labels.png: a panel per task, test MCC against training labels (log scale). `panels`: task -> label ->
+    [(labels, test MCC of each seed)]; fine-tuned: mean ± s.d. and a dot per seed; probes: dashed mean lines."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4), squeeze=False)
     for ax, (task, lines) in zip(axes[0], panels.items()):
         for label, points in lines.items():

@@ -1,10 +1,9 @@
 """04's outputs from the runs' metrics: results.csv (one row per run), results.md (test MCC per task: with all
 training labels beside the published figures, then per label budget) and the plots."""
 
-from __future__ import annotations
-
 import csv
 import math
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -41,73 +40,44 @@ def read_commented_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
-def mean_sd(xs: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (ddof 1; None with a single run)."""
-    m = sum(xs) / len(xs)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None)
-
-
-def over_seeds(runs: list[dict], col: str) -> tuple[float, float | None] | None:
-    """mean ± s.d. of `col` over the runs that have it; None where none has (init not run, probe off)."""
-    xs = [r[col] for r in runs if r.get(col) is not None]
-    return mean_sd(xs) if xs else None
+def mean_sd(xs) -> tuple[float, float | None] | None:
+    """(mean, sample s.d. or None for one value) of the xs that are not None (init not run, probe off), or None."""
+    xs = [x for x in xs if x is not None]
+    return (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None) if xs else None
 
 
 def fmt(ms) -> str:
     """(mean, s.d.) -> '0.620 ± 0.020'; a single number -> '0.620'; None -> '–'."""
-    if ms is None:
-        return "–"
     m, sd = ms if isinstance(ms, tuple) else (ms, None)
-    return f"{m:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+    return "–" if m is None else f"{m:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
 
 
 def md_table(header: list[str], body: list[list[str]]) -> list[str]:
-    """A markdown table. A column with nothing in it ('–' in every row: probe off, init not run, no published
-    figures) is left out."""
+    """A markdown table without the columns '–' in every row (probe off, init not run, no published figures)."""
     keep = [j for j in range(len(header)) if any(row[j] != "–" for row in body)]
     return ["| " + " | ".join(row[j] for j in keep) + " |" for row in [header, ["---"] * len(header), *body]]
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """One row per run, in plan order (task, init, train size, seed): a rerun rewrites the same file."""
-    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v)  # noqa: E731
-    lines = [",".join(CSV_COLUMNS)] + [",".join(cell(r.get(c)) for c in CSV_COLUMNS) for r in rows]
-    with atomic_write(path) as f:
-        f.write("\n".join(lines) + "\n")
-
-
-def at_all_labels(runs: dict, tasks: list[str], size: int, ref: dict, inits: tuple[dict, dict]) -> dict[str, dict]:
-    """The columns of table 1: header -> {task: (mean, s.d.) or None}, at label budget `size`."""
-    (finetuned, probed), cols = inits, {}
-    for col, names in (("test_mcc", finetuned), ("probe_test_mcc", probed)):
-        cols |= {name: {t: over_seeds(runs[t, i, size], col) for t in tasks} for i, name in names.items()}
-    return cols | {PUBLISHED[c]: {t: float(ref[t][c]) if t in ref else None for t in tasks} for c in PUBLISHED}
-
-
 def column_mean(values) -> float | None:
     means = [v[0] if isinstance(v, tuple) else v for v in values if v is not None]
-    return sum(means) / len(means) if means else None
+    return statistics.fmean(means) if means else None
 
 
 def headline_ratios(cols: dict[str, dict], ref_tasks: list[str]) -> list[str]:
     """The two ratios TinyDNABERT reports, ours and theirs over the same tasks (those with published figures)."""
     mean = {name: column_mean(col[t] for t in ref_tasks) for name, col in cols.items()}
 
-    def ratio(a, b):
-        return None if a is None or not b else a / b
+    def pct(a, b, gain=False):  # a / b as a percentage; a gain is the ratio - 1, signed
+        return "–" if a is None or not b else f"{100 * (a / b - 1):+.1f}%" if gain else f"{100 * a / b:.1f}%"
 
-    def pct(x, gain=False):  # a ratio as a percentage; a gain is the ratio - 1, signed
-        return "–" if x is None else f"{100 * (x - 1):+.1f}%" if gain else f"{100 * x:.1f}%"
-
-    body = [[name, pct(ratio(mean[pre], mean[scratch]), gain=True), pct(ratio(mean[pre], mean["NT SOTA"]))]
+    body = [[name, pct(mean[pre], mean[scratch], gain=True), pct(mean[pre], mean["NT SOTA"])]
             for name, pre, scratch in (("ours", FINETUNED["pretrained"], FINETUNED["scratch"]),
                                        ("TinyDNABERT", "TinyDNABERT", "TinyDNABERT scratch"))]
     return [f"Headline ratios over the {len(ref_tasks)} task(s) with published figures:", "",
             *md_table(["", "gain of pretraining over scratch", "share of NT SOTA"], body), ""]
 
 
-def label_efficiency(runs: dict, tasks: list[str], infos: dict, budgets: list[int],
-                     inits: tuple[dict, dict]) -> list[str]:
+def label_efficiency(runs: dict, tasks: dict, budgets: list[int], inits: tuple[dict, dict]) -> list[str]:
     """Table 2: per task and label budget, fine-tuned and probed, and the paired gain of pretraining."""
     (finetuned, probed), body = inits, []
     for t in tasks:
@@ -115,10 +85,9 @@ def label_efficiency(runs: dict, tasks: list[str], infos: dict, budgets: list[in
             n = next(r["n_train"] for i in finetuned for r in runs[t, i, b])
             paired = {r["seed"]: r["test_mcc"] for r in runs[t, "scratch", b]}  # same seed: same labels and split
             gain = [r["test_mcc"] - paired[r["seed"]] for r in runs[t, "pretrained", b] if r["seed"] in paired]
-            body.append([infos[t].display, f"{n:,}" if b == n else f"all ({n:,})",
-                         *(fmt(over_seeds(runs[t, i, b], "test_mcc")) for i in finetuned),
-                         fmt(mean_sd(gain) if gain else None),
-                         *(fmt(over_seeds(runs[t, i, b], "probe_test_mcc")) for i in probed)])
+            body.append([tasks[t].display, f"{n:,}" if b == n else f"all ({n:,})",
+                         *(fmt(mean_sd(r["test_mcc"] for r in runs[t, i, b])) for i in finetuned), fmt(mean_sd(gain)),
+                         *(fmt(mean_sd(r.get("probe_test_mcc") for r in runs[t, i, b])) for i in probed)])
     return ["## Label efficiency: test MCC by number of training labels", "",
             *md_table(["task", "labels", *finetuned.values(), "pretrained − scratch", *probed.values()], body), ""]
 
@@ -166,9 +135,13 @@ def limits(rows: list[dict], budgets: list[int], probed: bool) -> str:
             "and nothing is chosen on it.")
 
 
-def write_results(out: Path, rows: list[dict], tasks: list[str], infos: dict, benchmark: str) -> None:
-    """results.csv, results.md, mcc.png and (more than one budget) mcc_vs_labels.png from the runs' metrics."""
-    write_csv(out / "results.csv", rows)
+def write_results(out: Path, rows: list[dict], tasks: dict, benchmark: str) -> None:
+    """results.csv, results.md, mcc.png and (more than one budget) mcc_vs_labels.png from the runs' metrics;
+    `tasks`: each task, in order -> its TaskInfo (published facts)."""
+    with atomic_write(out / "results.csv") as f:  # a row per run, in plan order: a rerun rewrites the same file
+        table = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")  # None, missing: ""
+        table.writeheader()
+        table.writerows({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
     runs = defaultdict(list)  # (task, init, train size) -> its runs, one per seed
     for r in rows:
         runs[r["task"], r["init"], r["train_size"]].append(r)
@@ -176,23 +149,25 @@ def write_results(out: Path, rows: list[dict], tasks: list[str], infos: dict, be
     ref = {r["task"]: r for r in read_commented_csv(REFERENCE_CSV)}
     ref_tasks = [t for t in tasks if t in ref]
     inits = init_columns(rows)  # init -> its headers, fine-tuned and probed
-    cols = at_all_labels(runs, tasks, budgets[-1], ref, inits)
+    # table 1's columns, at the largest budget: header -> {task: (mean, s.d.) of ours or a published figure or None}
+    cols = {name: {t: mean_sd(r.get(col) for r in runs[t, i, budgets[-1]]) for t in tasks}
+            for col, names in zip(("test_mcc", "probe_test_mcc"), inits) for i, name in names.items()}
+    cols |= {PUBLISHED[c]: {t: float(ref[t][c]) if t in ref else None for t in tasks} for c in PUBLISHED}
     heading = "all training labels" if budgets[-1] == 0 else f"{budgets[-1]:,} training labels (the largest budget)"
     table1 = [f"## Test MCC with {heading}", "",
-              *md_table(["task", *cols], [[infos[t].display, *(fmt(col[t]) for col in cols.values())] for t in tasks]
+              *md_table(["task", *cols], [[tasks[t].display, *(fmt(col[t]) for col in cols.values())] for t in tasks]
                         + [["**mean**", *(fmt(column_mean(col.values())) for col in cols.values())]]), ""]
     ratios = headline_ratios(cols, ref_tasks) if ref_tasks else []  # no published figures: no ratios
-    table2 = label_efficiency(runs, tasks, infos, budgets, inits) if len(budgets) > 1 else []
+    table2 = label_efficiency(runs, tasks, budgets, inits) if len(budgets) > 1 else []
     probed = any(r.get("probe_test_mcc") is not None for r in rows)
     note = [limits(rows, budgets, probed), ""]
     with atomic_write(out / "results.md") as f:
         f.write("\n".join(intro(benchmark, probed, bool(ref_tasks)) + table1 + ratios + table2 + note))
-    plots = [out / "mcc.png"]
-    plot_mcc(plots[0], [infos[t].display for t in tasks],
+    plot_mcc(out / "mcc.png", [tasks[t].display for t in tasks],
              {h: [cols[h][t] for t in tasks] for h in (*inits[0].values(), *PUBLISHED.values())})
     if len(budgets) > 1:
-        plots.append(out / "mcc_vs_labels.png")
-        plot_mcc_vs_labels(plots[1], {infos[t].display: curves(runs, t, budgets, inits) for t in tasks})
-    print0(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {', '.join(str(p) for p in plots)}\n")
+        plot_mcc_vs_labels(out / "mcc_vs_labels.png",
+                           {tasks[t].display: curves(runs, t, budgets, inits) for t in tasks})
+    print0(f"wrote results.csv, results.md, mcc.png{', mcc_vs_labels.png' if len(budgets) > 1 else ''} in {out}\n")
     print0("\n".join(ratios + note + table1 + table2))  # the run ends with the label-efficiency table
 

@@ -1,11 +1,7 @@
-"""
-03's progress report: a tqdm bar, a printed line per log step and per evaluation, and pretrain_log.csv
-(a row for each, from which loss.png is drawn). Only rank 0 writes. On --resume the rows after the
-checkpoint's step are dropped (the resumed run logs them again), and the losses of the log interval so far
-(saved with the checkpoint) are restored; sync() makes the rows durable together with a checkpoint.
-"""
-
-from __future__ import annotations
+"""03's progress report: a tqdm bar, a printed line per log step and per evaluation, and pretrain_log.csv (a row
+for each, from which loss.png is drawn). Only rank 0 writes. On --resume the rows after the checkpoint's step are
+dropped (the resumed run logs them again) and the losses of the log interval so far (saved with the checkpoint)
+are restored; sync() makes the rows durable together with a checkpoint."""
 
 import contextlib
 import csv
@@ -26,16 +22,10 @@ COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "
            "val_loss", "val_acc", "val_const_acc", "val_unigram_loss"]
 
 
-def peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # CPU: peak resident set (KB on Linux)
-
-
 class TrainLog:
     def __init__(self, cfg, world, step: int, losses=()):
         train, self.out, self.enabled = cfg.pretrain, cfg.out_dir, world.is_main
-        self.device, self.max_steps = torch.device(world.device), train.max_steps
+        self.device, self.max_steps = world.device, train.max_steps
         self.tokens_step = train.batch_size * train.seq_len * train.grad_accum * world.size
         # MFU: model FLOPs per token x tokens/s / the GPUs' bf16 peak (pretrain.gpu_peak_tflops, or looked up)
         spec = gpu_spec(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
@@ -67,9 +57,10 @@ class TrainLog:
             self.file.flush()
             self.bar.write(message)
 
-    def step(self, loss: float) -> None:
-        self.losses.append(loss)
-        self.bar.update(1)
+    def steps(self, losses: list[float]) -> None:
+        """The training losses of the steps since the last call."""
+        self.losses += losses
+        self.bar.update(len(losses))
 
     def train_row(self, step: int, lr: float, grad_norm: float) -> None:
         """The mean training loss over the steps since the last row, tokens/s, MFU and peak memory."""
@@ -78,7 +69,10 @@ class TrainLog:
         loss = sum(self.losses) / len(self.losses)
         self.t_last, self.step_last, self.losses = now, step, []
         mfu = self.flops_token * tok_s / self.peak_flops if self.peak_flops else None
-        mem = peak_memory_gb(self.device)
+        if self.device.type == "cuda":
+            mem = torch.cuda.max_memory_allocated(self.device) / 1e9
+        else:  # CPU: peak resident set (KB on Linux)
+            mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         self.bar.set_postfix(loss=f"{loss:.4f}")
         self._write(f"step {step:,}/{self.max_steps:,} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f} | "
                     f"{tok_s:,.0f} tok/s | MFU {'n/a' if mfu is None else f'{mfu:.1%}'} | mem {mem:.2f} GB",
@@ -96,8 +90,7 @@ class TrainLog:
     def plot(self) -> None:
         """loss.png from the rows so far, unless it already shows them all."""
         if self.enabled and len(self.rows) != self.plotted:
-            unigram = [float(r["val_unigram_loss"]) for r in self.rows if r.get("val_unigram_loss") not in ("", None)]
-            plot_losses(self.rows, self.out / "loss.png", unigram=unigram[-1] if unigram else None)
+            plot_losses(self.rows, self.out / "loss.png")
             self.plotted = len(self.rows)
 
     @contextlib.contextmanager

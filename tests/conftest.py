@@ -17,10 +17,15 @@ SHARED_DATA = ROOT.parent / "shared" / "data"  # real third-party data: read it,
 sys.path.insert(0, str(ROOT))
 
 
+# every script a test starts runs on one thread: on a shared 2-core machine several one-thread processes are
+# several times faster than processes that each start two threads
+SCRIPT_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
 def run_script(script: str, *args: str, cwd: Path | None = None, env: dict | None = None,
                timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a numbered script as a user would (`python 01_preprocess.py ...`); capture its output."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    """Run a numbered script as a user would (`python 01_preprocess.py ...`), one thread; capture its output."""
+    full_env = {**SCRIPT_ENV, **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -20,11 +20,10 @@ PRETRAIN = ["--pretrain.max_steps=4", "--pretrain.warmup_steps=1", "--pretrain.e
             "--pretrain.ckpt_interval=2", "--pretrain.eval_batches=1", "--pretrain.batch_size=4"]
 FINETUNE = ["--finetune.num_seeds=1", "--finetune.max_steps=2", "--finetune.eval_interval=2",
             "--finetune.probe=false", "--finetune.tasks=[promoter_synth]"]
-ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def step(script: str, run: Path, *args: str):
-    return run_script(script, "--config", DEMO, f"--run.out_dir={run}", *SMALL, *args, env=ENV)
+    return run_script(script, "--config", DEMO, f"--run.out_dir={run}", *SMALL, *args)
 
 
 @pytest.fixture(scope="module")

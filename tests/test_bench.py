@@ -1,12 +1,16 @@
-"""The benchmark code runs (tiny shapes, no timed assertions): bench_model, bench_fsdp, run_all.
+"""The benchmark code runs (tiny shapes, no timed assertions): bench_model, bench_pretrain, bench_fsdp, run_all;
+the GPU rows' code too, on CPU (--check) with torch.cuda's answers mocked as an H200's.
 
-Run: python -m pytest tests/test_bench.py -q   (CPU, ~20 s)
+Run: python -m pytest tests/test_bench.py -q   (CPU, ~1 min)
 """
 
+import importlib
 import math
+import re
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -14,6 +18,8 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_fsdp  # noqa: E402
 import bench_model  # noqa: E402
+import bench_pretrain  # noqa: E402
+import benchlib  # noqa: E402
 import run_all  # noqa: E402
 from benchlib import ROW_FIELDS  # noqa: E402
 
@@ -36,9 +42,9 @@ def test_bench_model_compares_the_same_model():
     """Same weights and batch: HF and both of our loss paths agree in eval mode (else timing is moot)."""
     cfg = bench_model.ModelConfig(**bench_model.TINY)
     ours, hf = bench_model.build_models(cfg, "cpu", seed=0)
-    inputs, labels = bench_model.masked_batch(cfg, 2, 16, seed=0)
-    assert (labels != -100).any() and (inputs == bench_model.MASK_ID).any()
-    diff, loss = bench_model.check_same_loss(ours, hf, bench_model.loss_fns(ours, hf, inputs, labels, cfg.vocab_size))
+    batch = bench_model.masked_batch(cfg, 2, 16, seed=0)
+    assert (batch[2] != -100).any() and (batch[0] == bench_model.MASK_ID).any()
+    diff, loss = bench_model.check_same_loss(ours, hf, bench_model.loss_fns(ours, hf, batch, cfg.vocab_size))
     assert diff < 1e-5 and math.isfinite(loss)
     assert ours.training and hf.training  # back in train mode for the timing
 
@@ -53,6 +59,55 @@ def test_bench_fsdp_tiny_runs_the_fsdp_path(tmp_path, monkeypatch):
     assert len(rows) == 1 and "tok/s" in rows[0]["ours"] and "FSDP2" in rows[0]["what"]
     assert float(rows[0]["ours"].split()[0].replace(",", "")) > 0
     assert not torch.distributed.is_initialized()  # torn down
+
+
+def as_h200(monkeypatch):
+    """torch.cuda answers as on one H200 (the CPU build would raise): a --check run reaches the GPU rows' calls."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: calls.append("name") or "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *_: calls.append("mem") or 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *_: calls.append("sync"))
+    return calls
+
+
+def test_gpu_peak_tflops_looks_the_gpu_up(monkeypatch):
+    as_h200(monkeypatch)
+    assert benchlib.gpu_peak_tflops() == 989.0  # shelf/dry_run.py's table
+    assert benchlib.gpu_peak_tflops(override=500.0) == 500.0
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "Some Future GPU")
+    assert benchlib.gpu_peak_tflops() == 0.0  # unknown: MFU left out, not guessed
+
+
+@pytest.mark.parametrize("bench, argv", [
+    (bench_model, ["--check", "--compile-backend=aot_eager", "--batch=1", "--seq-len=16", "--repeats=2",
+                   "--warmup=1", "--threads=1"]),
+    (bench_pretrain, ["--check", "--quick", "--warmup=1", "--threads=1"]),
+    (bench_fsdp, ["--check"])])
+def test_gpu_rows_run_on_cpu(bench, argv, tmp_path, monkeypatch):
+    """Each bench's GPU rows, the very code a GPU runs (bf16, compile, MFU, memory note), on CPU at a tiny shape:
+    a renamed function fails here, not only on a GPU."""
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # bench_fsdp's 1-process group
+        monkeypatch.setenv(k, "unset")
+        monkeypatch.delenv(k)
+    calls = as_h200(monkeypatch)
+    rows = bench.main(argv + ["--out", str(tmp_path / "out.csv")])
+    gpu = [r for r in rows if "GPU" in r["what"] or "FSDP2" in r["what"]]
+    assert gpu and all("NVIDIA H200" in r["note"] and "not a figure" in r["note"] and not r["target"] for r in gpu)
+    for r in gpu:
+        assert math.isfinite(float(r["ours"].split()[0].replace(",", ""))) and "tok/s" in r["ours"]
+        mfu = re.search(r"MFU ([\d.]+)%", r["ours"]).group(1) if bench is bench_model else r["ratio"]  # else: ratio
+        assert math.isfinite(float(mfu)) and "peak unknown" not in r["baseline"]
+    assert {"name", "sync"} <= set(calls) and ("mem" in calls) == (bench is not bench_model)
+
+
+def test_run_all_gpu_entries_are_valid_commands():
+    """run_all drops flags a script's --help lacks; its GPU entries (skipped without CUDA) parse here instead."""
+    gpu = [b for b in run_all.BENCHES if b.gpu_only]
+    assert gpu
+    for b in gpu:
+        script = importlib.import_module(b.script.removesuffix(".py"))
+        for argv in (b.quick, b.full):
+            assert script.parse_args(argv).device == "cuda"
 
 
 def test_run_all_survives_missing_and_failing_scripts(tmp_path, monkeypatch):
@@ -93,6 +148,8 @@ def test_kmer_baseline_fits_on_04s_training_rows(tmp_path):
     import numpy as np
     from test_finetune import ft, write_task
 
+    from shelf import nt_tasks
+
     write_task(tmp_path / "motif", 200, 60)
     out = tmp_path / "kmer.csv"
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "kmer_baseline.py"), "--task-dir",
@@ -100,7 +157,7 @@ def test_kmer_baseline_fits_on_04s_training_rows(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.DictReader(out.open()))
-    data = ft.load_task(tmp_path / "motif", ft.TaskInfo("motif", None, None, None))
+    data = nt_tasks.load_task(tmp_path / "motif", nt_tasks.TaskInfo("motif", None, None, None))
     for row, size in zip(rows, (16, 0), strict=True):
         train_rows, val_rows = ft.split_rows(data, 0.1, size, ft.run_seed(1337, "motif", 1))
         assert int(row["n_train"]) == len(train_rows) == (size or len(data.train_y) - len(val_rows))

@@ -151,3 +151,25 @@ def test_read_fasta_errors_name_file_and_line(tmp_path):
     trunc.write_bytes(gzip.compress(body)[:2000])
     with pytest.raises(UserError, match=r"trunc.fna.gz: cannot read"):
         list(read_fasta(trunc))
+
+
+def test_run_deterministic_reaches_torch(monkeypatch):
+    """run.deterministic = true: torch's deterministic mode, cuDNN's, and cuBLAS's workspace setting, all set before
+    any CUDA work (setup_distributed is the first thing 03 and 04 do on the device)."""
+    import os
+
+    import torch
+
+    from shelf.distributed import setup_distributed
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cfg, _ = load_config(["--run.deterministic=true", "--run.device=cpu"])
+    try:
+        setup_distributed(cfg.run.device, cfg.run.deterministic)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:  # the rest of the test session runs with torch's defaults
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    setup_distributed("cpu")  # the default leaves torch alone
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ

@@ -17,8 +17,7 @@ DEMO = str(ROOT / "configs" / "demo.toml")
 
 
 def _step(script, out_dir, *overrides):
-    r = run_script(script, "--config", DEMO, f"--run.out_dir={out_dir}", *overrides,
-                   env={"OMP_NUM_THREADS": "1"}, timeout=600)
+    r = run_script(script, "--config", DEMO, f"--run.out_dir={out_dir}", *overrides, timeout=600)
     assert r.returncode == 0, f"{script} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     return r.stdout
 
@@ -55,7 +54,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert "encoder.wte.weight" in weights
     # running 03 again without --resume or --restart must not throw the checkpoints away
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
-    r = run_script("03_pretrain.py", "--config", DEMO, f"--run.out_dir={out}", env={"OMP_NUM_THREADS": "1"})
+    r = run_script("03_pretrain.py", "--config", DEMO, f"--run.out_dir={out}")
     assert r.returncode == 1 and "pass --resume to continue it or --restart" in r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == checkpoints

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import shelf.genomes
 from conftest import ROOT, load_script
 from shelf.config import load_config
 from shelf.errors import UserError, run_main
@@ -60,14 +61,14 @@ def outputs(run) -> dict:
 def test_csv_manifest_streams_skips_a_withdrawn_genome_and_keeps_few_downloads(tmp_path, monkeypatch, capsys,
                                                                                http_server):
     url, genomes = ncbi_like(http_server)
-    dl, peak, real_local_file = tmp_path / "dl", [], pp.local_file
+    dl, peak, real_local_file = tmp_path / "dl", [], shelf.genomes.local_file
 
     def counting(*args):  # genome files on disk right after each download
         path = real_local_file(*args)
         peak.append(len(list(dl.glob("*.fna.gz"))))
         return path
 
-    monkeypatch.setattr(pp, "local_file", counting)
+    monkeypatch.setattr(shelf.genomes, "local_file", counting)
     stats = run01(monkeypatch, tmp_path / "run", url, f"--preprocess.download_dir={dl}",
                   "--preprocess.keep_downloads=2")
     err = capsys.readouterr().err
@@ -108,16 +109,16 @@ def test_positional_split_is_nts_and_max_genomes_takes_the_first_of_each(tmp_pat
 def test_kill_and_rerun_resumes_at_the_next_genome_with_identical_output(tmp_path, monkeypatch, http_server):
     url, _ = ncbi_like(http_server)
     run01(monkeypatch, tmp_path / "whole", url, f"--preprocess.download_dir={tmp_path / 'dl1'}")
-    real_segment_file = pp.segment_file
+    real_segment_genome = pp.segment_genome
 
-    def killed_at_genome_4(path, genome, segmenter, writer):
+    def killed_at_genome_4(genome, segmenter, writer):
         if genome.index == 3:  # appended, not yet in the ledger, when the process dies
-            real_segment_file(path, genome, segmenter, writer)
+            real_segment_genome(genome, segmenter, writer)
             writer.files["train"].flush()
             raise KeyboardInterrupt
-        return real_segment_file(path, genome, segmenter, writer)
+        return real_segment_genome(genome, segmenter, writer)
 
-    monkeypatch.setattr(pp, "segment_file", killed_at_genome_4)
+    monkeypatch.setattr(pp, "segment_genome", killed_at_genome_4)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         run01(monkeypatch, run, url, f"--preprocess.download_dir={tmp_path / 'dl2'}")
@@ -126,7 +127,7 @@ def test_kill_and_rerun_resumes_at_the_next_genome_with_identical_output(tmp_pat
     assert (run / "segments" / "train.txt").stat().st_size > ledger["genomes"][-1]["sizes"]["train"]
     with pytest.raises(UserError, match="has not finished"):  # 02 will not read half a corpus
         t02.find_segments(run / "segments")
-    monkeypatch.setattr(pp, "segment_file", real_segment_file)
+    monkeypatch.setattr(pp, "segment_genome", real_segment_genome)
     http_server.requests.clear()
     run01(monkeypatch, run, url, f"--preprocess.download_dir={tmp_path / 'dl2'}")
     assert outputs(run) == outputs(tmp_path / "whole")

@@ -19,7 +19,7 @@ from shelf import hf_hub
 from shelf.config import load_config
 from shelf.errors import ConfigError
 from test_esm import NT_VOCAB, SEQS
-from test_finetune import ENV, TINY, char_tokenizer, ft, read_csv, write_task
+from test_finetune import TINY, char_tokenizer, ft, read_csv, write_task
 
 transformers = pytest.importorskip("transformers")
 REPO, COMMIT = "InstaDeepAI/tiny-nt", "0123456789abcdef0123456789abcdef01234567"
@@ -63,7 +63,7 @@ def test_hf_init_is_fetched_resumed_loaded_exactly_and_fine_tuned(tmp_path, http
     http_server.cut_after[weights] = 5000  # the connection drops mid-file once: the .part resumes from there
     char_tokenizer(tmp_path / "run" / "tokenizer.json")  # scratch's: the run's own tokenizer and [model]
     r = run_script("04_finetune_nt.py", *args(tmp_path, http_server, f"--finetune.inits=[scratch,{INIT}]",
-                                              "--finetune.train_sizes=[8,0]"), env=ENV)
+                                              "--finetune.train_sizes=[8,0]"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert [rng for name, rng in http_server.requests if name == weights] == [None, "bytes=5000-"]
 
@@ -87,7 +87,7 @@ def test_hf_init_is_fetched_resumed_loaded_exactly_and_fine_tuned(tmp_path, http
     unpadded = [[i for i in ids if i != pad_id] for ids in batch["input_ids"].tolist()]
     assert [e.ids for e in tok.encode_batch(SEQS)] == unpadded
     with torch.no_grad():
-        ref, got = hf(**batch).logits, ours(batch["input_ids"], batch["attention_mask"])[0]
+        ref, got = hf(**batch).logits, ours(batch["input_ids"], batch["attention_mask"])
     real = batch["attention_mask"].bool()
     assert (got[real] - ref[real]).abs().max().item() <= 1e-5
 

@@ -55,7 +55,7 @@ def test_embed_refuses_too_long():
 def masked_logp(model, ids, t):  # log p(. | ids with token t masked), straight from the model
     x = torch.tensor([ids[:t] + [1] + ids[t + 1:]])  # <mask> / [MASK] is id 1 in 02's kmer and char kinds
     with torch.no_grad():
-        return F.log_softmax(model(x)[0][0, t], dim=-1)
+        return F.log_softmax(model(x)[0, t], dim=-1)
 
 
 def test_char_scores_are_masked_marginals():
@@ -105,7 +105,7 @@ def trained_run(tmp_path_factory):
     """02 + 03 on 4,000 fresh 100-bp windows of the demo grammar, one a segment (02: [CLS] w [SEP] = 102 tokens,
     03: one block each): core promoters and not, splice donors, acceptors and neither."""
     run = tmp_path_factory.mktemp("mutagenesis") / "run"
-    g = Grammar(np.random.default_rng([11, 11]))  # 05 --demo draws its sequences from [seed, 13]
+    g = Grammar(np.random.default_rng([11, 11]))  # not 05 --demo's sequences: those are rng(seed, "mutagenesis demo")
     windows = [promoter_example(g, int(g.rng.integers(2))) if k % 2 else splice_example(g, int(g.rng.integers(3)))
                for k in range(4000)]  # of a random class each
     (run / "segments").mkdir(parents=True)

@@ -157,6 +157,24 @@ def test_same_seed_same_bytes_other_seed_different(tmp_path, monkeypatch):
     assert segments(tmp_path / "a", "val"), "a seeded share of segments is held out"
 
 
+def test_a_genome_is_cut_by_its_place_in_the_list_as_source_or_in_a_manifest(tmp_path, monkeypatch):
+    paths = [write_fasta(tmp_path / f"g{k}.fa", messy_genome(k)) for k in range(3)]
+    args = ["--preprocess.min_len=20", "--preprocess.max_len=60", "--preprocess.val_fraction=0.2"]
+    a = run01(monkeypatch, tmp_path / "a", f"--preprocess.sources={[str(p) for p in paths]}", *args)
+    (tmp_path / "genomes.tsv").write_text("".join(f"g{k}\t{p}\n" for k, p in enumerate(paths)))
+    run01(monkeypatch, tmp_path / "b", "--preprocess.sources=[]", f"--preprocess.manifest={tmp_path / 'genomes.tsv'}",
+          *args)  # no val or test genomes: split by segment, as sources are
+    for name in ("train.txt", "val.txt"):
+        assert snapshot(tmp_path / "a")[name] == snapshot(tmp_path / "b")[name], name
+    # the third genome's streams are its own: another second genome leaves its segments as they were
+    paths[1] = write_fasta(tmp_path / "other.fa", messy_genome(9))
+    c = run01(monkeypatch, tmp_path / "c", f"--preprocess.sources={[str(p) for p in paths]}", *args)
+    assert c["genomes"][1]["segments"] != a["genomes"][1]["segments"]
+    for split in ("train", "val"):
+        n = a["genomes"][2]["segments"][split]
+        assert n and segments(tmp_path / "c", split)[-n:] == segments(tmp_path / "a", split)[-n:]
+
+
 def test_val_split_is_a_random_share_not_the_end(tmp_path, monkeypatch):
     rng = random.Random(2)
     units = ["".join(rng.choice("ACGT") for _ in range(10)) for _ in range(20)]  # one 10-mer per record

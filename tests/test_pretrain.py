@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import random
 import re
 import shutil
@@ -17,14 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, processors, trainers
 
 from shelf.checkpoint import complete_checkpoints
 from shelf.files import file_hash
-from conftest import ROOT, load_script, run_script
+from conftest import ROOT, SCRIPT_ENV, load_script, run_script
 from model import MaskedLM, ModelConfig
-
-SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's order, as 02 writes for bpe
 
 
 pretrain = load_script("03_pretrain.py")
@@ -42,10 +38,7 @@ def make_token_run_dir(run_dir: Path, n_train: int = 160, n_val: int = 24, vocab
         return "".join(c if rng.random() > 0.05 else rng.choice("ACGT") for c in s)
 
     train_segs, val_segs = [segment() for _ in range(n_train)], [segment() for _ in range(n_val)]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.train_from_iterator(train_segs, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                                            show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok = load_script("02_train_tokenizer.py").train_bpe_from_segments(train_segs, vocab_size, min_frequency=0)
     run_dir.mkdir(parents=True, exist_ok=True)
     tok.save(str(run_dir / "tokenizer.json"))
     (run_dir / "tokens").mkdir(exist_ok=True)
@@ -76,7 +69,6 @@ def tiny_args(run_dir: Path, *extra: str, steps: int = 6, batch: int = 4, dropou
 
 
 # One thread per process: on a small shared machine, torch's default threads fight each other (10x slower).
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -88,13 +80,12 @@ def one_thread():
 
 
 def pretrain_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return run_script("03_pretrain.py", *args, env=ONE_THREAD, timeout=timeout)
+    return run_script("03_pretrain.py", *args, timeout=timeout)
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           str(ROOT / "03_pretrain.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                           str(ROOT / "03_pretrain.py"), *args], cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -134,20 +125,22 @@ def fresh_run_dir(tokens_dir: Path, tmp_path: Path, name: str) -> Path:
 # pieces: masking, data order, schedule
 
 
-def test_masking_80_10_10_never_specials_and_same_on_any_rank_split():
+def test_masking_80_10_10_never_specials_static_shape_and_same_on_any_rank_split():
     special = [0, 1, 2, 3, 4]
-    masker = pretrain.Masker(40, 40, special, mask_id=4, mask_prob=0.15, device=torch.device("cpu"))
+    masker = pretrain.Masker(40, special, mask_id=4, mask_prob=0.15, device=torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 40, (64, 256), generator=g)
     ids[:, ::16] = 0  # <s> / </s> in the stream: never targets
     ids[:, 8::16] = 2
-    inputs, labels = masker(ids, seed=123, global_rows=64, rows=slice(0, 64))
-    target = labels != -100
+    inputs, positions, labels = masker(ids, seed=123, global_rows=64, rows=slice(0, 64))
+    assert positions.shape == labels.shape == (64, round(0.15 * 256))  # static: K per row, whatever the data
+    assert all(len(set(row)) == positions.shape[1] for row in positions.tolist())  # K distinct positions
+    target = torch.zeros_like(ids, dtype=torch.bool).scatter(1, positions, labels != -100)  # (B, T)
     assert not target[ids < 5].any(), "a special token was masked"
-    assert torch.equal(labels[target], ids[target])
+    assert torch.equal(labels[labels != -100], ids.gather(1, positions)[labels != -100])
     assert torch.equal(inputs[~target], ids[~target]), "a non-target token was changed"
-    share = target.sum().item() / (ids >= 5).sum().item()
-    assert abs(share - 0.15) < 0.01
+    share = target.sum().item() / (ids >= 5).sum().item()  # BERT: 15% of the non-special tokens on average
+    assert abs(share - 0.15) < 0.005
     n = target.sum().item()
     masked = (inputs[target] == 4).sum().item() / n
     kept = (inputs[target] == ids[target]).sum().item() / n
@@ -157,8 +150,8 @@ def test_masking_80_10_10_never_specials_and_same_on_any_rank_split():
     for r in range(4):
         rows = slice(16 * r, 16 * r + 16)
         part = masker(ids[rows], seed=123, global_rows=64, rows=rows)
-        assert torch.equal(part[0], inputs[rows]) and torch.equal(part[1], labels[rows])
-    assert not torch.equal(masker(ids, seed=124, global_rows=64, rows=slice(0, 64))[1], labels)  # re-drawn per seed
+        assert all(torch.equal(a, b[rows]) for a, b in zip(part, (inputs, positions, labels)))
+    assert not torch.equal(masker(ids, seed=124, global_rows=64, rows=slice(0, 64))[1], positions)  # per seed
 
 
 def test_block_stream_epochs_are_permutations_and_position_resumes(tmp_path):
@@ -202,12 +195,12 @@ def test_tiny_model_overfits_one_batch():
     from shelf.config import PretrainConfig
     net = MaskedLM(cfg)
     opt = pretrain.configure_optimizer(net, PretrainConfig(lr=3e-3, weight_decay=0.0), torch.device("cpu"))
-    masker = pretrain.Masker(48, 48, [0, 1, 2, 3, 4], 4, 0.3, torch.device("cpu"))
+    masker = pretrain.Masker(48, [0, 1, 2, 3, 4], 4, 0.3, torch.device("cpu"))
     ids = torch.randint(5, 48, (4, 32), generator=torch.Generator().manual_seed(0))
-    inputs, labels = masker(ids, seed=7, global_rows=4, rows=slice(0, 4))
+    inputs, positions, labels = masker(ids, seed=7, global_rows=4, rows=slice(0, 4))
     losses = []
     for _ in range(150):
-        _, loss = net(inputs, labels=labels)
+        loss = pretrain.mlm_loss(net(inputs, positions=positions), labels) / (labels != -100).sum()
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -396,10 +389,8 @@ def test_real_dna_beats_the_most_frequent_token(shared_data, tmp_path):
     run_dir = tmp_path / "run"
     common = ["--config", str(ROOT / "configs" / "demo.toml"), f"--run.out_dir={run_dir}"]
     slice_ = shared_data / "genome" / "hg38_chr2_1-2333275.fa.gz"
-    ok(run_script("01_preprocess.py", *common, f"--preprocess.sources=['{slice_}']", "--preprocess.val_fraction=0.05",
-                  env=ONE_THREAD))
-    ok(run_script("02_train_tokenizer.py", *common, "--tokenizer.vocab_size=256", "--tokenizer.sample_fraction=1.0",
-                  env=ONE_THREAD))
+    ok(run_script("01_preprocess.py", *common, f"--preprocess.sources=['{slice_}']", "--preprocess.val_fraction=0.05"))
+    ok(run_script("02_train_tokenizer.py", *common, "--tokenizer.vocab_size=256", "--tokenizer.sample_fraction=1.0"))
     ok(pretrain_script(*common, "--model.vocab_size=256", "--model.hidden_size=64", "--model.num_layers=2",
                        "--model.num_heads=4", "--model.ffn_size=256", "--model.max_seq_len=64", "--model.dropout=0.0",
                        "--model.attention_dropout=0.0", "--pretrain.seq_len=64", "--pretrain.batch_size=32",

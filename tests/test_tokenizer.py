@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, processors
 
+import shelf.tokens
 from shelf.errors import UserError
 from shelf.fasta import read_fasta
 from shelf.tokens import load_tokenizer, read_token_meta
@@ -237,6 +238,20 @@ def test_char_tokens_by_table_lookup_equal_the_tokenizers():
     assert np.array_equal(by_table(batch), by_tokenizers(batch))
 
 
+def test_char_table_refuses_a_tokenizer_it_cannot_reproduce(small_bpe):
+    with pytest.raises(AssertionError, match="char tokenizer: 'AAACGT' is [1-5] tokens, not one a letter"):
+        t02.batch_encoder(small_bpe, "char")  # BPE merges letters: a table of single letters would differ
+
+
+def test_one_kmer_tokenizer_for_02_and_a_hugging_face_vocab_txt(tmp_path):
+    from shelf.hf_keys import esm_vocab_tokenizer
+
+    kmer = t02.kmer_tokenizer(6)
+    vocab = [t for t, _ in sorted(kmer.get_vocab().items(), key=lambda item: item[1])]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    assert esm_vocab_tokenizer(tmp_path / "vocab.txt", eos=False).to_str() == kmer.to_str()
+
+
 def test_missing_segments_is_one_line_error(tmp_path):
     r = run_script("02_train_tokenizer.py", f"--run.out_dir={tmp_path}")
     assert r.returncode == 1
@@ -252,7 +267,7 @@ def test_bpe_sample_is_capped_and_refused_when_it_cannot_fit(tmp_path, monkeypat
     _, stats = t02.train_bpe(train, 64, 2, 1.0, 0, 128, max_train_mbp=0.02)  # 20 kbp of ~250 kbp
     assert stats["sampled_segments"] == int(0.02e6 / mean)
     assert abs(stats["sampled_bp"] - 0.02e6) < 0.25 * 0.02e6
-    monkeypatch.setattr(t02, "available_memory", lambda: 1_000_000)  # 1 MB free: refuse before training
+    monkeypatch.setattr(shelf.tokens, "available_memory", lambda: 1_000_000)  # 1 MB free: refuse before training
     with pytest.raises(UserError, match="needs ~.* GiB but .* available; set --tokenizer.max_train_mbp="):
         t02.train_bpe(train, 64, 2, 1.0, 0, 128)
 
