@@ -111,7 +111,8 @@ class Masker:
         original = ids.gather(1, positions)  # (B, K)
         special = self.is_special[original]
         labels = original.masked_fill(special, -100)
-        corrupted = torch.where(split < 0.8, self.mask_id, torch.where(split < 0.9, self.regular[replacement], original))
+        corrupted = torch.where(split < 0.9, self.regular[replacement], original)  # 10% random, 10% kept
+        corrupted = torch.where(split < 0.8, self.mask_id, corrupted)  # 80% <mask>
         return ids.scatter(1, positions, torch.where(special, original, corrupted)), positions, labels
 
 
