@@ -139,7 +139,7 @@ def segment_genome(genome: Genome, segmenter: Segmenter, writer: SplitWriter) ->
     (a genome missing from the server: nothing read, and why)."""
     counts = Counter(dict.fromkeys(COUNTS, 0))  # in COUNTS order, for stats.json
     t0 = time.perf_counter()
-    for record, seq, other in fasta_pieces(Path(genome.file), progress=genome.name) if genome.file else ():
+    for record, seq, other in fasta_pieces(Path(genome.file), label=genome.name) if genome.file else ():
         if record:  # a new record (empty until its first piece of sequence): the open stretch ends here
             writer.write(segmenter.end_stretch())
             counts.update(records=1, empty_records=1)
@@ -194,7 +194,7 @@ def print_summary(stats: dict, out: Path) -> None:
 
 
 def main():
-    cfg, flags = load_config(flags=("--dry-run",))
+    cfg, flags = load_config(flags=("--dry-run",), doc=__doc__, sections=("run", "preprocess"))
     p = cfg.preprocess
     out = cfg.out_dir / "segments"
     genomes, manifest_sha256 = list_genomes(p, cfg.run.seed)

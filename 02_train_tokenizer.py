@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
-from tqdm import tqdm
 
 from shelf.config import load_config, save_config
 from shelf.errors import UserError, run_main
 from shelf.files import atomic_write, file_hash, prepare_dir, write_json
+from shelf.progress import progress
 from shelf.seeds import rng
 from shelf.tokens import batch_encoder, check_bpe_memory, kmer_tokenizer_of, load_tokenizer, read_batches, upper_case
 
@@ -110,7 +110,7 @@ def train_bpe(train_path: Path, vocab_size: int, min_frequency: int, fraction: f
 def encode_split(encode, src: Path, dst: Path, batch_size: int, unk_id: int | None) -> dict:
     """Encode one segment file into a flat uint16 file, streamed in batches. Returns its counts for meta.json."""
     counts = Counter(dict.fromkeys(("tokens", "segments", "bp", "unk_tokens"), 0))  # in this order in meta.json
-    with atomic_write(dst, "wb") as out, tqdm(total=src.stat().st_size, unit="B", unit_scale=True,
+    with atomic_write(dst, "wb") as out, progress(total=src.stat().st_size, unit="B", unit_scale=True,
                                               desc=f"encode {src.name}", disable=None) as bar:
         for batch in read_batches(src, batch_size):
             ids = encode(batch)
@@ -172,7 +172,7 @@ def write_meta(tok: Tokenizer, special, kind: str, splits: dict, tok_path: Path,
 
 
 def main() -> None:
-    cfg, _ = load_config()
+    cfg, _ = load_config(doc=__doc__, sections=("run", "tokenizer"))
     tc = cfg.tokenizer
     seg_dir = cfg.out_dir / "segments"
     tok_dir = cfg.out_dir / "tokens"

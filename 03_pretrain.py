@@ -14,8 +14,6 @@ Reads <run dir>/tokenizer.json and tokens/{train,val}.bin + meta.json; writes ch
 pretrain_log.csv, loss.png, config.toml and final/model.pt + meta.json (step, tokenizer_sha256; 04 reads them).
 """
 
-from __future__ import annotations
-
 import contextlib
 import dataclasses
 import functools
@@ -325,7 +323,8 @@ def save_final_weights(cfg: Config, world: World, model, step: int, tokenizer_sh
 
 
 def main() -> None:
-    cfg, flags = load_config(flags=("--resume", "--restart", "--dry-run"))
+    cfg, flags = load_config(flags=("--resume", "--restart", "--dry-run"), doc=__doc__,
+                             sections=("run", "model", "pretrain"))
     if "--dry-run" in flags:
         return dry_run(cfg)
     world = setup_distributed(cfg.run.device, cfg.run.deterministic)

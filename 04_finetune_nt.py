@@ -32,7 +32,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
-from tqdm import tqdm
 
 from model import SequenceClassifier, configure_optimizer, lr_at
 from shelf import runs
@@ -42,6 +41,7 @@ from shelf.errors import UserError, run_main
 from shelf.files import write_json
 from shelf.inference import mean_pool, pad_batch
 from shelf.nt_tasks import TaskData, load_task
+from shelf.progress import progress
 from shelf.results import write_results
 from shelf.seeds import rng, torch_seed
 
@@ -149,7 +149,7 @@ def train_classifier(model, train: Examples, val: Examples, predict, ft, pad_id:
     best_weights = None  # the state_dict at the best step, on the CPU
     history = []  # per evaluation: step, mean training loss since the last one, validation MCC
     losses = []  # since the last evaluation
-    steps = tqdm(range(1, ft.max_steps + 1), desc=bar, disable=bar is None, leave=False, mininterval=2)
+    steps = progress(range(1, ft.max_steps + 1), desc=bar, disable=bar is None, leave=False, mininterval=2)
     for step in steps:
         rows = next(batches)
         x, mask = pad_batch([train.ids[i] for i in rows], pad_id, device)
@@ -207,7 +207,7 @@ def finetune(cfg, job: runs.Job, device: torch.device, bar: str | None) -> dict:
 
 
 def main():
-    cfg, flags = load_config(flags=("--dry-run",))
+    cfg, flags = load_config(flags=("--dry-run",), doc=__doc__, sections=("run", "model", "finetune"))
     world = setup_distributed(cfg.run.device, cfg.run.deterministic)
     plan = runs.Plan(cfg, world)  # the tasks and inits ready; every run, and which are finished
     if "--dry-run" in flags:  # parse every task file too, so that a dry run checks the data

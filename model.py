@@ -29,23 +29,23 @@ import torch.nn.functional as F
 @dataclass
 class ModelConfig:
     """The [model] section of a config. The defaults are tinydnabert (TinyDNABERT's RoBERTa)."""
-    vocab_size: int = 1024
+    vocab_size: int = 1024  # embedding rows: at least the tokenizer's vocabulary
     pad_token_id: int = 1  # the tokenizer's real pad id
-    hidden_size: int = 512
-    num_layers: int = 6
-    num_heads: int = 8
-    ffn_size: int = 2048
+    hidden_size: int = 512  # C, the width of every token's vector
+    num_layers: int = 6  # Transformer blocks
+    num_heads: int = 8  # attention heads; hidden_size / num_heads = head size
+    ffn_size: int = 2048  # the MLP's inner width
     max_seq_len: int = 512  # tokens per sequence the model accepts
     position_embedding: str = "learned"  # "learned" (RoBERTa/ESM, pad-aware) | "rope"
-    rope_theta: float = 10000.0
+    rope_theta: float = 10000.0  # RoPE's base: angles pos * theta^(-2i/head size)
     type_vocab_size: int = 2  # 0 = no token-type embeddings
     norm_position: str = "post"  # "post" (RoBERTa) | "pre" (ESM, AgroNT, DNA FM)
     mlp: str = "gelu"  # "gelu" (exact erf GELU) | "swiglu"
     bias: bool = True  # biases in linear layers
     dropout: float = 0.1  # hidden dropout
-    attention_dropout: float = 0.1
-    layer_norm_eps: float = 1e-5
-    init_std: float = 0.02
+    attention_dropout: float = 0.1  # dropout on the attention weights
+    layer_norm_eps: float = 1e-5  # LayerNorm's epsilon
+    init_std: float = 0.02  # s.d. of the normal init of weights and embeddings
     tie_word_embeddings: bool = True  # LM decoder = the word embeddings; False: its own (V, C) matrix (NT, AgroNT)
     token_dropout: bool = False  # ESM's: <mask> embeddings zeroed, the rest rescaled, in training AND inference
     mask_token_id: int = -1  # the tokenizer's mask id; read by token_dropout only (-1 = not given)
@@ -260,8 +260,7 @@ def _init_module(module, std):
 class EncoderWithHead(nn.Module):
     @torch.no_grad()
     def init_weights(self):
-        """(Re)initialise every parameter in place; call after to_empty() when built on meta. There are
-        no buffers (RoPE tables are computed per forward) and no second copy of a tied weight."""
+        """(Re)initialise every parameter in place, e.g. after to_empty() on meta (there are no buffers)."""
         self.apply(lambda m: _init_module(m, self.cfg.init_std))
 
 

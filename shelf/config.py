@@ -6,6 +6,8 @@ leaves out means "as in TinyDNABERT". save_config() writes the resolved config a
 
 import contextlib
 import dataclasses
+import difflib
+import inspect
 import json
 import re
 import sys
@@ -33,7 +35,7 @@ def checker(section: str, values):
 
 @dataclass
 class RunConfig:
-    name: str = "tinydnabert"
+    name: str = "tinydnabert"  # the run's name, in logs and results
     out_dir: str = "out/tinydnabert"  # every script reads and writes inside this folder
     seed: int = 1337  # every random choice of every script derives from this
     device: str = "auto"  # "auto" (cuda if available, else cpu) | "cpu" | "cuda" | "cuda:N"
@@ -54,7 +56,7 @@ class PreprocessConfig:
     manifest: str = ""  # many genomes (1B/7B presets): a TSV or CSV file or URL, split by genome, streamed
     download_dir: str = "data/downloads"  # shared cache: a verified download is never fetched twice
     min_len: int = 256  # segment lengths are drawn uniformly from [min_len, max_len], both inclusive
-    max_len: int = 1024
+    max_len: int = 1024  # longest segment, bp
     val_fraction: float = 0.01  # seeded random share of segments held out for validation
     val_genomes: float = 0.0  # with a manifest: genomes held out for validation, a share (< 1) or a count
     test_genomes: float = 0.0  # with a manifest: genomes held out for test, a share (< 1) or a count
@@ -106,25 +108,25 @@ class PretrainConfig:
     seq_len: int = 512  # tokens per packed block
     batch_size: int = 128  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = 200_000
+    max_steps: int = 200_000  # optimizer steps of the whole run
     warmup_steps: int = 20_000  # linear warm-up, then linear decay to min_lr at max_steps
-    lr: float = 1e-4
-    min_lr: float = 0.0
+    lr: float = 1e-4  # peak learning rate
+    min_lr: float = 0.0  # learning rate at max_steps
     weight_decay: float = 1e-5  # not applied to biases and norms
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    grad_clip: float = 1.0
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.999  # AdamW's second-moment decay
+    eps: float = 1e-8  # AdamW's epsilon
+    grad_clip: float = 1.0  # gradient norm clipped to this (0 = no clipping)
     mask_prob: float = 0.15  # of non-special tokens; 80% <mask> / 10% random / 10% kept
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
-    compile: bool = False
-    activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile: the whole model (per block under FSDP2)
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
     meta_init: bool = False  # build on the meta device, then to_empty + init_weights (big presets)
-    log_interval: int = 10
-    eval_interval: int = 1000
+    log_interval: int = 10  # steps between log lines (and the loop's one host sync)
+    eval_interval: int = 1000  # steps between validations
     eval_batches: int = 20  # fixed validation subset: this many batches
-    ckpt_interval: int = 5000
-    keep_checkpoints: int = 3
+    ckpt_interval: int = 5000  # steps between checkpoints
+    keep_checkpoints: int = 3  # newest checkpoints kept on disk
     gpu_peak_tflops: float = 0.0  # for MFU; 0 = look the GPU up (H100 bf16 dense: 989)
     stop_at: int = 0  # end this job at this step, checkpointed (0 = max_steps); --resume goes on (time-limited jobs)
     dry_run_gpus: int = 2  # --dry-run plans for this many GPUs (the preset's intended count); WORLD_SIZE wins
@@ -149,27 +151,27 @@ class FinetuneConfig:
     data_dir: str = "data/nt_benchmark"  # task files live in <data_dir>/<benchmark>/<task>/ ("local": <data_dir>/<task>/)
     pretrained: str = ""  # MaskedLM state_dict for init "pretrained"; "" = <run.out_dir>/final/model.pt
     tasks: list[str] = field(default_factory=list)  # empty = every task of the benchmark
-    # "pretrained" (03's weights), "scratch" (random), or a published ESM checkpoint (NT v1, AgroNT) at a pinned commit,
-    # "hf:<org>/<name>@<40-hex commit>": fetched into <hf_dir>/<org>/<name>/<commit>/, its own tokenizer and shape
-    inits: list[str] = field(default_factory=lambda: ["pretrained", "scratch"])
+    # "hf:<org>/<name>@<40-hex commit>": a published ESM checkpoint (NT v1, AgroNT) at a pinned commit, fetched into
+    # <hf_dir>/<org>/<name>/<commit>/, with its own tokenizer and shape
+    inits: list[str] = field(default_factory=lambda: ["pretrained", "scratch"])  # "pretrained", "scratch", "hf:..."
     hub_url: str = "https://huggingface.co"  # hf: inits: <hub_url>/<repo>/resolve/<commit>/<file>, <hub_url>/api/...
     hf_dir: str = "data/hf"  # hf: inits' downloads (shared cache: a verified file is never fetched twice)
     num_seeds: int = 3  # runs per (task, init, train size); each seed also draws its own validation split
     train_sizes: list[int] = field(default_factory=lambda: [0])  # label budgets: training labels per run (0 = all)
     probe: bool = True  # also a linear probe on the frozen encoder (pretrained or random), before fine-tuning
-    batch_size: int = 64
-    max_steps: int = 5000
+    batch_size: int = 64  # sequences per step
+    max_steps: int = 5000  # steps per run
     warmup_steps: int = 500  # linear warm-up, then linear decay to 0 at max_steps
-    lr: float = 1e-4
-    min_lr: float = 0.0
+    lr: float = 1e-4  # peak learning rate
+    min_lr: float = 0.0  # learning rate at max_steps
     weight_decay: float = 1e-5  # AdamW, not on biases and norms
     beta1: float = 0.9  # AdamW betas, eps, grad_clip: Hugging Face Trainer's defaults, which TinyDNABERT used
-    beta2: float = 0.999
-    eps: float = 1e-8
-    grad_clip: float = 1.0
+    beta2: float = 0.999  # AdamW's second-moment decay
+    eps: float = 1e-8  # AdamW's epsilon
+    grad_clip: float = 1.0  # gradient norm clipped to this (0 = no clipping)
     eval_interval: int = 200  # validation MCC every this many steps (and at the last); the best weights are kept
     val_fraction: float = 0.1  # stratified, seeded split of train
-    classifier_dropout: float = 0.1
+    classifier_dropout: float = 0.1  # dropout in the classification head
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
 
     def __post_init__(self):
@@ -238,12 +240,19 @@ def coerce(value, tp, where: str):
 
 def set_value(values: dict, section: str, key: str, value, source: str) -> None:
     if section not in SECTIONS:
-        raise ConfigError(f"{source}: unknown section [{section}]; valid sections: {', '.join(SECTIONS)}")
+        raise ConfigError(f"{source}: unknown section [{section}]{did_you_mean(section, SECTIONS)} (valid sections: "
+                          f"{', '.join(SECTIONS)})")
     types = typing.get_type_hints(SECTIONS[section])
     if key not in types:
-        raise ConfigError(f"{source}: unknown key '{section}.{key}'; valid keys of [{section}]: {', '.join(types)}")
+        raise ConfigError(f"{source}: unknown key '{section}.{key}'{did_you_mean(key, types)} (--help lists the keys, "
+                          "their defaults and meanings)")
     where = source if source.startswith("--") else f"{source}: {section}.{key}"
     values[section][key] = coerce(value, types[key], where)
+
+
+def did_you_mean(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f": did you mean '{close[0]}'?" if close else ""
 
 
 def parse_cli_value(text: str):
@@ -257,33 +266,33 @@ def parse_cli_value(text: str):
 
 
 def parse_argv(argv: list[str], flags: tuple[str, ...]) -> tuple[Path, list[tuple[str, str]], set[str]]:
-    """-> (config file, [(section.key, text)], the script's flags given)."""
+    """-> (config file, [(section.key, text)], the script's flags given, "--help" among them if asked)."""
     config_path, overrides, given = DEFAULT_CONFIG, [], set()
-    usage = f"usage: --config FILE, --section.key=value{''.join(', ' + f for f in flags)}"
+    usage = f"usage: --config FILE, --section.key=value (or value){''.join(', ' + f for f in flags)}, --help"
     args = iter(argv)
     for arg in args:
-        if arg in ("-h", "--help"):
-            print(usage, "sections and keys:", *(f"  [{name}] {', '.join(typing.get_type_hints(make))}"
-                                                 for name, make in SECTIONS.items()), sep="\n")
-            sys.exit(0)
-        if arg in flags:
-            given.add(arg)
+        if arg in (*flags, "-h", "--help"):
+            given.add("--help" if arg == "-h" else arg)
         elif arg == "--config" or arg.startswith("--config="):
             name = arg.partition("=")[2] or next(args, None)
             if not name:
                 raise ConfigError("--config needs a file name")
             config_path = Path(name)
-        elif arg.startswith("--") and "=" in arg and "." in arg.split("=", 1)[0]:
-            key, value = arg[2:].split("=", 1)
+        elif arg.startswith("--") and "." in arg.split("=", 1)[0]:  # --section.key=value or --section.key value
+            key, _, value = arg[2:].partition("=")
+            if "=" not in arg and (value := next(args, None)) is None:
+                raise ConfigError(f"{arg} needs a value")
             overrides.append((key, value))
         else:
             raise ConfigError(f"unknown argument '{arg}'; {usage}")
     return config_path, overrides, given
 
 
-def load_config(argv: list[str] | None = None, flags: tuple[str, ...] = ()) -> tuple[Config, set[str]]:
+def load_config(argv: list[str] | None = None, flags: tuple[str, ...] = (), doc: str = "",
+                sections: tuple[str, ...] = tuple(SECTIONS)) -> tuple[Config, set[str]]:
     """`--config FILE` (default: tinydnabert), `--section.key=value` overrides and the script's boolean `flags`
-    -> (the resolved Config, the flags given, e.g. {"--resume"})."""
+    -> (the resolved Config, the flags given, e.g. {"--resume"}). --help: the script's `doc`, then the keys of
+    the `sections` it reads, with their values in this config and their meanings; then exit."""
     path, overrides, given = parse_argv(sys.argv[1:] if argv is None else list(argv), flags)
     try:
         data = tomllib.loads(path.read_text())
@@ -301,13 +310,37 @@ def load_config(argv: list[str] | None = None, flags: tuple[str, ...] = ()) -> t
         section, _, key = dotted.partition(".")
         set_value(values, section, key, parse_cli_value(text), f"--{dotted}")
     try:  # each section checks its values as it is built (__post_init__)
-        return Config(**{name: make(**values[name]) for name, make in SECTIONS.items()}), given
+        cfg = Config(**{name: make(**values[name]) for name, make in SECTIONS.items()})
     except ValueError as e:
         raise ConfigError(f"{path}{' + command line' if overrides else ''}: {e}")
+    if "--help" in given:
+        print_help(cfg, path, doc, sections, flags)
+        sys.exit(0)
+    return cfg, given
+
+
+def field_help(section_class) -> dict[str, str]:
+    """{key: the comment beside its field in the dataclass source}: each key's meaning is written once, there."""
+    source = inspect.getsource(section_class)
+    return {m[1]: m[2] for m in re.finditer(r"^\s+(\w+): [^#\n]*#\s*(.*)$", source, flags=re.MULTILINE)}
+
+
+def print_help(cfg: Config, path: Path, doc: str, sections: tuple[str, ...], flags: tuple[str, ...]) -> None:
+    print("\n\n".join(doc.strip("\n").split("\n\n")[:2]))  # what the script does, and how to run it
+    print(f"\noptions: --config FILE (now {path}), --section.key=value or --section.key value"
+          f"{''.join(', ' + f for f in flags)}. The keys this script reads, with their values in {path}:")
+    for section in sections:
+        values = getattr(cfg, section)
+        meanings = field_help(type(values))
+        print(f"\n[{section}]")
+        for f in dataclasses.fields(values):
+            print(f"  --{section}.{f.name} ({f.type.__name__}, {toml_value(getattr(values, f.name))})  "
+                  f"{meanings.get(f.name, '')}")
 
 
 # -----------------------------------------------------------------------------
 # writing: the resolved config, every key, as TOML
+
 def toml_value(v) -> str:  # a JSON string is a valid TOML string; Python's repr of a number is TOML
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"

@@ -1,8 +1,6 @@
 """torchrun set-up (nccl on CUDA, gloo on CPU) and the model wrapping in torchtitan's order:
 activation checkpointing -> compile (per block under FSDP2, else the whole model) -> FSDP2 (fully_shard) or DDP."""
 
-from __future__ import annotations
-
 import functools
 import math
 import os

@@ -24,6 +24,9 @@ def dry_run(cfg: Config) -> None:
     if (spec := gpu_spec(train.dry_run_gpu)) is None:
         raise ConfigError(f"pretrain.dry_run_gpu = '{train.dry_run_gpu}': known GPUs: {', '.join(g[0] for g in GPUS)}")
     peak_tflops, gpu_gb = train.gpu_peak_tflops or spec[0], spec[1]
+    if cfg.run.device == "cpu":  # a CPU preset (the demo): say so, rather than plan GPUs silently
+        print(f"run.device = 'cpu': this config trains on the CPU, which this plan does not time; below: the plan for "
+              f"{gpus} x {train.dry_run_gpu} (--pretrain.dry_run_gpu, --pretrain.dry_run_gpus), with --run.device=cuda")
     with torch.device("meta"):  # no memory, no time: 7 B parameters are just shapes here
         net = modeling.MaskedLM(mcfg)
     n_params, n_block = modeling.num_parameters(net), sum(p.numel() for p in net.encoder.blocks[0].parameters())

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tqdm import tqdm
-
 from shelf.errors import UserError
+from shelf.progress import progress
 
 CHUNK = 4 << 20  # decompressed bytes per parsing step: the unit of memory, independent of genome size
 WHITESPACE = b" \t\r\v\f"  # ignored anywhere in sequence lines ('\n' is removed first, separately)
@@ -38,15 +37,15 @@ def read_fasta(path: str | Path) -> Iterator[FastaRecord]:
     yield FastaRecord(record.header, b"".join(pieces).decode(), record.line)
 
 
-def read_chunks(path: Path, progress: str | None = None) -> Iterator[bytes]:
-    """Yield CHUNK decompressed bytes at a time of a plain or gzip file; `progress`: the label of a tqdm bar of
-    the file's bytes read (shown on a terminal)."""
+def read_chunks(path: Path, label: str | None = None) -> Iterator[bytes]:
+    """Yield CHUNK decompressed bytes at a time of a plain or gzip file; `label`: of a progress bar of the file's
+    bytes read (None: no bar)."""
     try:
         raw = open(path, "rb")
     except OSError as e:  # no permission, a directory, removed since it was listed
         raise UserError(f"{path}: cannot read ({e.strerror})")
-    with raw, tqdm(total=os.fstat(raw.fileno()).st_size, desc=progress, unit="B", unit_scale=True, leave=False,
-                   disable=None if progress else True) as bar:
+    with raw, progress(total=os.fstat(raw.fileno()).st_size, desc=label, unit="B", unit_scale=True, leave=False,
+                       disable=label is None) as bar:
         head = raw.peek(6)[:6]
         for magic, kind in [(b"BZh", "bzip2"), (b"\xfd7zXZ", "xz"), (b"\x28\xb5\x2f\xfd", "zstd")]:
             if head.startswith(magic):
@@ -60,7 +59,7 @@ def read_chunks(path: Path, progress: str | None = None) -> Iterator[bytes]:
             raise UserError(f"{path}: cannot read: truncated or corrupt gzip file ({e}); re-download it")
 
 
-def fasta_pieces(path: Path, progress: str | None = None) -> Iterator[tuple[FastaRecord | None, bytes, bytes]]:
+def fasta_pieces(path: Path, label: str | None = None) -> Iterator[tuple[FastaRecord | None, bytes, bytes]]:
     """Stream a FASTA file, never holding a record: yield (FastaRecord with no sequence, b"", b"") at each header,
     then (None, seq, other) pieces: seq = at most a chunk of the record's sequence, whitespace removed, case kept;
     other = seq's bytes but A/C/G/T/a/c/g/t, in order. Per chunk: whole-buffer C calls, no loop over characters."""
@@ -68,7 +67,7 @@ def fasta_pieces(path: Path, progress: str | None = None) -> Iterator[tuple[Fast
     header_line = 0  # the line number of the last header (0: none yet)
     line = 1  # the line number at pos
     at_line_start = True
-    for chunk in read_chunks(path, progress):
+    for chunk in read_chunks(path, label):
         pos = 0
         while pos < len(chunk):
             if header is not None:  # inside a '>' line: everything up to the newline is the header

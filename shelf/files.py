@@ -15,9 +15,8 @@ import urllib.request
 from http.client import HTTPException
 from pathlib import Path
 
-from tqdm import tqdm
-
 from shelf.errors import UserError
+from shelf.progress import progress
 
 RETRIES = 5  # download failures in a row before giving up
 BACKOFF_S = 1.0  # the first wait, doubling after each failure
@@ -142,7 +141,7 @@ def download(url: str, dest: str | Path, md5: str | None = None, *, sha256: str 
                     have = 0  # the server ignored the Range request: start over
                 length = r.headers.get("Content-Length")
                 total = have + int(length) if length is not None else None
-                with open(part, "ab" if have else "wb") as f, tqdm(
+                with open(part, "ab" if have else "wb") as f, progress(
                         total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                         desc=dest.name, disable=True if quiet else None, leave=False) as bar:
                     while block := r.read(1 << 20):

@@ -18,11 +18,11 @@ from typing import Iterator, NamedTuple
 from urllib.parse import urljoin
 
 import numpy as np
-from tqdm import tqdm
 
 from shelf.demo_data import write_demo_genome
 from shelf.errors import UserError
 from shelf.files import NotFound, atomic_write, download, file_hash, is_verified, remote_size, unresolved, write_json
+from shelf.progress import progress
 from shelf.seeds import rng
 
 OFFLINE = "; to work offline, give a local FASTA (--preprocess.sources=['genome.fa.gz']) or use configs/demo.toml"
@@ -214,7 +214,7 @@ class Corpus:
             yield from [self.fetch(g) for g in self.genomes]
             return
         on_disk = deque(Path(e["file"]) for e in self.entries if "://" in e["source"] and Path(e["file"]).is_file())
-        with tqdm(total=len(self.genomes), initial=len(self.entries), unit="genome", disable=None) as bar:
+        with progress(total=len(self.genomes), initial=len(self.entries), unit="genome", disable=None) as bar:
             for genome in self.genomes[len(self.entries):]:
                 while "://" in genome.source and p.keep_downloads and len(on_disk) >= p.keep_downloads:
                     old = on_disk.popleft()  # room for this one's download

@@ -10,13 +10,13 @@ import resource
 import time
 
 import torch
-from tqdm import tqdm
 
 import model as modeling
 from shelf.config import save_config
 from shelf.dry_run import gpu_spec
 from shelf.files import atomic_write
 from shelf.plots import plot_losses
+from shelf.progress import progress
 
 COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "mem_gb",
            "val_loss", "val_acc", "val_const_acc", "val_unigram_loss"]
@@ -33,7 +33,7 @@ class TrainLog:
         self.flops_token = modeling.flops_per_token(cfg.model, train.seq_len, head_fraction=train.mask_prob)
         self.rows, self.t_last, self.step_last, self.plotted = [], time.perf_counter(), step, -1
         self.losses = list(losses)  # the training losses since the last row (on --resume: from the checkpoint)
-        self.bar = tqdm(total=train.max_steps, initial=step, desc="pretrain", unit="step", disable=not self.enabled,
+        self.bar = progress(total=train.max_steps, initial=step, desc="pretrain", unit="step", disable=not self.enabled,
                         dynamic_ncols=True)
         if not self.enabled:
             return

@@ -12,7 +12,7 @@ from shelf.config import DEFAULT_CONFIG, Config, config_to_toml, load_config, sa
 from shelf.errors import ConfigError, UserError
 from shelf.fasta import read_fasta
 from shelf.files import atomic_write
-from conftest import ROOT
+from conftest import ROOT, load_script
 from model import MaskedLM
 
 PRESETS = ["demo", "tinydnabert", "agront_1b", "dnafm_7b"]
@@ -60,8 +60,8 @@ def test_cli_overrides_are_typed():
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--pretrain.lrr=1e-4"], "unknown key 'pretrain.lrr'; valid keys of [pretrain]: parallel, seq_len"),
-    (["--pretrian.lr=1e-4"], "unknown section [pretrian]; valid sections: run, preprocess"),
+    (["--pretrain.lrr=1e-4"], "unknown key 'pretrain.lrr': did you mean 'lr'? (--help lists the keys"),
+    (["--pretrian.lr=1e-4"], "unknown section [pretrian]: did you mean 'pretrain'? (valid sections: run, preprocess"),
     (["--pretrain.max_steps=ten"], "--pretrain.max_steps: expected an integer, got 'ten'"),
     (["--pretrain.max_steps=1.5"], "expected an integer, got 1.5"),
     (["--pretrain.compile=yes"], "expected true or false"),
@@ -86,7 +86,7 @@ def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(["--config", str(bad)])
     bad.write_text("[tokenizer]\nvocab = 3\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'tokenizer.vocab'; valid keys of \[tokenizer\]: kind, vocab_size"):
+    with pytest.raises(ConfigError, match=r"unknown key 'tokenizer.vocab': did you mean 'vocab_size'\?"):
         load_config(["--config", str(bad)])
 
 
@@ -173,3 +173,49 @@ def test_run_deterministic_reaches_torch(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     setup_distributed("cpu")  # the default leaves torch alone
     assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+
+@pytest.mark.parametrize("script, sections", [
+    ("01_preprocess.py", ["run", "preprocess"]), ("02_train_tokenizer.py", ["run", "tokenizer"]),
+    ("03_pretrain.py", ["run", "model", "pretrain"]), ("04_finetune_nt.py", ["run", "model", "finetune"]),
+    ("05_mutagenesis.py", ["run"])])
+def test_help_shows_the_scripts_own_keys_with_values_and_meanings(script, sections):
+    r = subprocess.run([sys.executable, str(ROOT / script), "--config", str(ROOT / "configs" / "demo.toml"), "--help"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    doc = load_script(script).__doc__.strip().split("\n\n")
+    assert r.stdout.startswith(doc[0]) and doc[1] in r.stdout  # what it does, then its run commands
+    shown = [line[1:-1] for line in r.stdout.splitlines() if line.startswith("[") and line.endswith("]")]
+    assert shown == sections
+    # a known key: its value in the given config (demo: seed 1337, out_dir out/demo) and its meaning
+    assert '--run.out_dir (str, "out/demo")  every script reads and writes inside this folder' in r.stdout
+
+
+def test_unknown_key_suggests_the_close_one_and_space_form_parses():
+    with pytest.raises(ConfigError, match=r"unknown key 'pretrain.lrr': did you mean 'lr'\?"):
+        load_config(["--pretrain.lrr=1e-3"])
+    with pytest.raises(ConfigError, match=r"unknown section \[pretrian\]: did you mean 'pretrain'\?"):
+        load_config(["--pretrian.lr=1e-3"])
+    spaced, _ = load_config(["--pretrain.lr", "1e-3", "--finetune.tasks", "[a,b]", "--resume"], flags=("--resume",))
+    equals, _ = load_config(["--pretrain.lr=1e-3", "--finetune.tasks=[a,b]"])
+    assert spaced == equals and spaced.pretrain.lr == 1e-3 and spaced.finetune.tasks == ["a", "b"]
+    with pytest.raises(ConfigError, match="needs a value"):
+        load_config(["--pretrain.lr"])
+
+
+def test_dry_run_of_a_cpu_preset_says_so():
+    r = subprocess.run([sys.executable, str(ROOT / "03_pretrain.py"), "--config", str(ROOT / "configs" / "demo.toml"),
+                        "--dry-run"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.startswith("run.device = 'cpu': this config trains on the CPU"), r.stdout
+
+
+def test_progress_in_a_log_file_is_a_plain_line_every_30_s(monkeypatch, capsys):
+    from shelf import progress
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    lines = progress.StatusLines()  # what tqdm writes to when stderr is not a terminal
+    for t in (1, 10, 31, 40, 62):
+        clock[0] = t
+        lines.write(f"\r{t} s ")  # a tqdm redraw
+    lines.write("\r" + " " * 20 + "\r")  # a tqdm clear
+    assert capsys.readouterr().err == "31 s\n62 s\n"

@@ -19,6 +19,7 @@ DEMO = str(ROOT / "configs" / "demo.toml")
 def _step(script, out_dir, *overrides):
     r = run_script(script, "--config", DEMO, f"--run.out_dir={out_dir}", *overrides, timeout=600)
     assert r.returncode == 0, f"{script} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    assert "\r" not in r.stdout + r.stderr, "progress bars redraw in a log file"  # stdout, stderr: pipes, no terminal
     return r.stdout
 
 
