@@ -16,7 +16,6 @@ pretrain_log.csv, loss.png, config.toml and final/model.pt + meta.json (step, to
 
 import contextlib
 import dataclasses
-import functools
 import math
 from typing import NamedTuple
 
@@ -54,17 +53,17 @@ class BlockStream:
         self.seed = seed
         self.epoch = 0
         self.index = 0  # blocks of this epoch's order already taken
-
-    @functools.lru_cache(maxsize=1)  # drawn once per epoch
-    def order(self, epoch: int) -> np.ndarray:
-        return rng(self.seed, "blocks", epoch).permutation(self.n_blocks)
+        self.order_epoch = -1  # the epoch self.order was drawn for
 
     def take(self, n: int) -> np.ndarray:
         if self.index + n > self.n_blocks:
             self.epoch += 1
             self.index = 0
+        if self.order_epoch != self.epoch:  # drawn once per epoch
+            self.order = rng(self.seed, "blocks", self.epoch).permutation(self.n_blocks)
+            self.order_epoch = self.epoch
         self.index += n
-        return self.order(self.epoch)[self.index - n: self.index]
+        return self.order[self.index - n: self.index]
 
     def read(self, ids: np.ndarray, device: torch.device) -> torch.Tensor:
         """(len(ids), T) int64 on device: a copy of just these rows, pinned and copied asynchronously on CUDA."""
