@@ -13,6 +13,7 @@ ESM checkpoint, its own tokenizer and shape), label budget (finetune.train_sizes
 seeded stratified 90/10 train/validation split, the budget's stratified subset of the train rows, then
   - a linear probe: logistic regression on the frozen encoder's features, before any training (for scratch,
     a seeded random encoder of the same shape: what pretraining adds before fine-tuning);
+  - a k-mer count baseline (finetune.kmer): the probe's regression on each sequence's counts of every k-mer;
   - TinyDNABERT's fine-tuning recipe, the best validation-MCC weights scoring the WHOLE test split.
 Out: finetune/<task>/<init>/labels-<all|N>/seed-<k>/metrics.json (finished runs are skipped), results.csv,
 results.md, mcc.png (all labels) and, with more than one budget, mcc_vs_labels.png.
@@ -45,7 +46,7 @@ from shelf.progress import progress
 from shelf.results import write_results
 from shelf.seeds import rng, torch_seed
 
-Examples = namedtuple("Examples", "ids y")  # token ids, one list per sequence; (N,) int64 class labels
+Examples = namedtuple("Examples", "ids y seqs")  # token ids, a list per sequence; (N,) int64 labels; the sequences
 PROBE_CS = (0.01, 0.1, 1.0)  # inverse L2 strengths tried, smallest first: a tie keeps the stronger penalty
 
 
@@ -70,17 +71,29 @@ def probe_features(model, x: torch.Tensor, mask: torch.Tensor | None) -> torch.T
     return torch.cat([mean_pool(h, mask), h[:, 0]], dim=-1)
 
 
-def linear_probe(features, train: Examples, val: Examples, test: Examples) -> dict:
-    """What the frozen encoder knows before fine-tuning: a logistic regression on features(ids) (N, 2C), its C
-    picked by validation MCC; then the whole test split scored once."""
-    unscaled = [features(examples.ids) for examples in (train, val, test)]  # (N, 2C) each
+def kmer_counts(seqs: list[str], k: int) -> np.ndarray:
+    """(N, 4**k) float32: each sequence's count of every overlapping k-mer of A/C/G/T (either case), k-mer b_1..b_k
+    (A C G T = 0 1 2 3) in column sum_j b_j 4**(k - j); one holding another letter, or spanning two, is not counted."""
+    code = np.full(256, 4**k)  # byte -> its base's number; any other letter 4**k: a k-mer holding one sums past 4**k
+    code[list(b"ACGTacgt")] = [0, 1, 2, 3] * 2
+    text = code[np.frombuffer(("\n".join(seqs) + "\n" * k).encode("ascii", "replace"), np.uint8)]  # a byte a letter
+    row = np.repeat(np.arange(len(seqs)), [len(s) + 1 for s in seqs])  # (n,) per start: its sequence, "\n" after it too
+    column = np.minimum(sum(text[j:j + len(row)] * 4 ** (k - 1 - j) for j in range(k)), 4**k)  # (n,) 4**k: not counted
+    counts = np.bincount(row * (4**k + 1) + column, minlength=len(seqs) * (4**k + 1))  # (N * (4**k + 1),)
+    return counts.reshape(len(seqs), 4**k + 1)[:, :-1].astype(np.float32)  # less the column of k-mers not counted
+
+
+def linear_probe(name: str, features, train: Examples, val: Examples, test: Examples) -> dict:
+    """A logistic regression on features(examples) (N, F): the probe's on the frozen encoder's (F = 2C, before
+    fine-tuning), the k-mer baseline's on kmer_counts (F = 4**k); C by validation MCC, the test split scored once."""
+    unscaled = [features(examples) for examples in (train, val, test)]  # (N, F) each
     scale = StandardScaler().fit(unscaled[0])  # every feature to mean 0, s.d. 1 on the train rows
     x_train, x_val, x_test = (scale.transform(f) for f in unscaled)
     fits = [LogisticRegression(C=c, max_iter=2000).fit(x_train, train.y) for c in PROBE_CS]
     val_mccs = [matthews_corrcoef(val.y, fit.predict(x_val)) for fit in fits]
     best = int(np.argmax(val_mccs))  # the first of the best: the smallest C
-    return {"probe_val_mcc": float(val_mccs[best]), "probe_C": PROBE_CS[best],
-            "probe_test_mcc": float(matthews_corrcoef(test.y, fits[best].predict(x_test)))}
+    return {f"{name}_val_mcc": float(val_mccs[best]), f"{name}_C": PROBE_CS[best],
+            f"{name}_test_mcc": float(matthews_corrcoef(test.y, fits[best].predict(x_test)))}
 
 
 def label_subset(rows: np.ndarray, labels: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -165,8 +178,7 @@ def train_classifier(model, train: Examples, val: Examples, predict, ft, pad_id:
         losses.append(loss.item())
         if step % ft.eval_interval == 0 or step == ft.max_steps:
             val_mcc = float(matthews_corrcoef(val.y, predict(val.ids)))
-            loss_avg = sum(losses) / len(losses)
-            losses = []
+            loss_avg, losses = sum(losses) / len(losses), []
             history.append({"step": step, "train_loss": round(loss_avg, 5), "val_mcc": round(val_mcc, 5)})
             steps.set_postfix(loss=f"{loss_avg:.3f}", val_mcc=f"{val_mcc:.3f}")
             if val_mcc > best["val_mcc"]:  # strictly better: ties keep the earlier step
@@ -186,22 +198,22 @@ def score(test: Examples, predicted: np.ndarray, classes: int) -> dict:
 
 
 def finetune(cfg, job: runs.Job, device: torch.device, bar: str | None) -> dict:
-    """One run: probe, then fine-tune; its best validation weights score the test split. -> its metrics."""
-    t0 = time.time()
-    ft = cfg.finetune
+    """One run: probe and k-mer baseline, then fine-tune; its best validation weights score the test split."""
+    t0, ft = time.time(), cfg.finetune
     run, init, data, ids, _ = job  # _: its progress label, passed as `bar`
     seed = run_seed(cfg.run.seed, run.task, run.seed)
-    split = split_rows(data, ft.val_fraction, run.train_size, seed)
-    train, val = (Examples([ids.train[i] for i in rows], data.train_y[rows]) for rows in split)
-    test = Examples(ids.test, data.test_y)
+    train, val = (Examples([ids.train[i] for i in rows], data.train_y[rows], [data.train_x[i] for i in rows])
+                  for rows in split_rows(data, ft.val_fraction, run.train_size, seed))
+    test = Examples(ids.test, data.test_y, data.test_x)
     model = build_classifier(init, data.classes, ft.classifier_dropout, seed).to(device)
     bf16 = uses_bf16(ft.precision, device)
     apply = partial(in_batches, model, pad_id=init.pad_id, bf16=bf16, batch_size=2 * ft.batch_size)
     predict = partial(apply, lambda model, x, mask: model(x, mask).argmax(-1))  # ids -> (N,) predicted classes
-    probe = linear_probe(partial(apply, probe_features), train, val, test) if ft.probe else {}  # before training
+    probe = linear_probe("probe", lambda e: apply(probe_features, e.ids), train, val, test) if ft.probe else {}
+    kmer = linear_probe("kmer", lambda e: kmer_counts(e.seqs, ft.kmer), train, val, test) if ft.kmer else {}
     best = train_classifier(model, train, val, predict, ft, init.pad_id, bf16, seed, bar)  # best_step, val_mcc, history
     return {"task": run.task, "init": run.init, "train_size": run.train_size, "seed": run.seed, "run_seed": seed,
-            "config_hash": run.config_hash, **best, **probe, **score(test, predict(test.ids), data.classes),
+            "config_hash": run.config_hash, **best, **probe, **kmer, **score(test, predict(test.ids), data.classes),
             "n_train": len(train.y), "n_val": len(val.y), "classes": data.classes, "truncated": ids.truncated,
             "seconds": round(time.time() - t0, 1)}
 
@@ -218,13 +230,13 @@ def main():
     for job in plan.todo():  # this rank's share of the unfinished runs (torchrun: one process on one device each)
         m = finetune(cfg, job, world.device, bar=job.progress if world.is_main else None)
         write_json(job.run.dir / "metrics.json", m)
-        probe = f"  probe test MCC {m['probe_test_mcc']:.4f}" if "probe_test_mcc" in m else ""
+        also = "".join(f"  {n} test MCC {m[n + '_test_mcc']:.4f}" for n in ("probe", "kmer") if n + "_test_mcc" in m)
         plan.log(f"{job.run.name:<48} {m['n_train']:>7,} labels: best step {m['best_step']:,}  val MCC "
-                 f"{m['val_mcc']:.4f}  test MCC {m['test_mcc']:.4f}{probe}  ({m['n_test']:,} test sequences, "
+                 f"{m['val_mcc']:.4f}  test MCC {m['test_mcc']:.4f}{also}  ({m['n_test']:,} test sequences, "
                  f"{m['seconds']:.0f} s)")
     if world.is_main:  # every run's metrics.json, in plan order: this rank's and the others'
         rows = [json.loads((run.dir / "metrics.json").read_text()) for run in plan.runs]
-        write_results(cfg.out_dir / "finetune", rows, plan.tasks, cfg.finetune.benchmark)
+        write_results(cfg.out_dir / "finetune", rows, plan.tasks, cfg.finetune.benchmark, cfg.finetune.kmer)
         save_config(cfg, cfg.out_dir / "finetune")  # only now: the config of the results.md beside it
     teardown_distributed()
 

@@ -130,8 +130,7 @@ def plot_heatmap(scores: np.ndarray, seq: str, title: str, path: Path, spans=())
 def main() -> None:
     argv = sys.argv[1:]  # the FASTA files (the arguments that are not options), and load_config's options
     fasta = [a for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] != "--config")]
-    cfg, flags = load_config([a for a in argv if a not in fasta], flags=("--demo",), doc=__doc__,
-                             sections=("run",))
+    cfg, flags = load_config([a for a in argv if a not in fasta], flags=("--demo",), doc=__doc__, sections=("run",))
     if bool(fasta) == ("--demo" in flags):
         raise ConfigError("usage: 05_mutagenesis.py --config FILE (seqs.fa [more.fa ...] | --demo)")
     out = prepare_dir(cfg.out_dir / "mutagenesis")

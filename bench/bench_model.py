@@ -7,7 +7,7 @@ Figure 1: one training step (forward + backward + AdamW) of the tinydnabert shap
     python bench/bench_model.py --device cuda            # GPU: bf16 autocast, eager, and compiled ours
     python bench/bench_model.py --check                  # the GPU rows' code path on CPU, tiny model (no figure)
 
-Contenders, same weights (ours_to_hf_roberta), same batch, same masking (15%, 80/10/10), both in train
+Contenders, same weights (ours_to_hf(..., "roberta")), same batch, same masking (15%, 80/10/10), both in train
 mode with the same dropout (0.1 hidden, 0.1 attention), one AdamW each:
     hf          transformers.RobertaForMaskedLM, attn_implementation="sdpa", loss over all positions
                 with ignore_index (its logits are (B, T, V))
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from benchlib import (cuda_call, format_table, gpu_peak_tflops, interleaved_times, load_script, load_str,  # noqa: E402
                       machine_info, paired_ratio, row, write_rows)
 from model import MaskedLM, ModelConfig, flops_per_token, mlm_loss  # noqa: E402
-from shelf.hf_keys import ours_to_hf_roberta  # noqa: E402
+from shelf.hf_keys import ours_to_hf  # noqa: E402
 
 BPE_SPECIALS, MASK_ID = [0, 1, 2, 3, 4], 4  # <s> <pad> </s> <unk> <mask>, never masked
 TINY = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, ffn_size=64, max_seq_len=64)
@@ -88,7 +88,7 @@ def build_models(cfg: ModelConfig, device, seed):
     torch.manual_seed(seed)
     ours = MaskedLM(cfg).to(device).train()
     hf = RobertaForMaskedLM(hf_roberta_config(cfg)).to(device).train()
-    hf.load_state_dict(ours_to_hf_roberta(ours.state_dict()), strict=True)
+    hf.load_state_dict(ours_to_hf(ours.state_dict(), "roberta"), strict=True)
     return ours, hf
 
 

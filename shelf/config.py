@@ -159,6 +159,7 @@ class FinetuneConfig:
     num_seeds: int = 3  # runs per (task, init, train size); each seed also draws its own validation split
     train_sizes: list[int] = field(default_factory=lambda: [0])  # label budgets: training labels per run (0 = all)
     probe: bool = True  # also a linear probe on the frozen encoder (pretrained or random), before fine-tuning
+    kmer: int = 4  # k of the k-mer count baseline beside the probe (0 = off): a logistic regression on k-mer counts
     batch_size: int = 64  # sequences per step
     max_steps: int = 5000  # steps per run
     warmup_steps: int = 500  # linear warm-up, then linear decay to 0 at max_steps
@@ -189,6 +190,7 @@ class FinetuneConfig:
               "expected a non-empty list of label budgets >= 0 (0 = all training labels), each budget once")
         check("val_fraction", 0 < self.val_fraction < 1, "must be in (0, 1)")
         check("classifier_dropout", 0 <= self.classifier_dropout < 1, "must be in [0, 1)")
+        check("kmer", 0 <= self.kmer <= 6, "expected 0 (no k-mer baseline) to 6 (4,096 counts per sequence)")
         check_recipe(check, self)
 
 

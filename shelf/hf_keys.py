@@ -89,14 +89,6 @@ def ours_to_hf(state_dict, family):
     return out
 
 
-def hf_roberta_to_ours(hf_state_dict):
-    return hf_to_ours(hf_state_dict, "roberta")
-
-
-def ours_to_hf_roberta(state_dict):
-    return ours_to_hf(state_dict, "roberta")
-
-
 def esm_model_config(c: dict, where="config.json") -> ModelConfig:
     """A Hugging Face EsmConfig (config.json, as a dict) -> our ModelConfig, or UserError for an ESM that
     model.py does not compute (NT v2's rotary positions and gated MLP, ESM-1b's embedding LayerNorm)."""

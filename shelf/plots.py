@@ -53,10 +53,10 @@ def plot_losses(rows: list[dict], path: Path) -> None:
     save_png(fig, path, dpi=110)
 
 
-# one colour per init (blue: pretrained, light: scratch or random), fine-tuned solid, probe dashed
+# one colour per init (blue: pretrained, light: scratch or random), fine-tuned solid, probes and k-mers (green) dashed
 COLORS = {"fine-tuned scratch": "#6baed6", "fine-tuned pretrained": "#08519c", "probe: random encoder": "#6baed6",
           "probe: pretrained": "#08519c", "TinyDNABERT scratch": "#fdae6b", "TinyDNABERT": "#e6550d",
-          "NT SOTA": "#636363"}
+          "NT SOTA": "#636363", **{f"{k}-mer counts": "#31a354" for k in range(1, 7)}}
 
 
 def plot_mcc(path: Path, tasks: list[str], series: dict[str, list]) -> None:
@@ -64,8 +64,7 @@ def plot_mcc(path: Path, tasks: list[str], series: dict[str, list]) -> None:
     or None (not run: no bar). A series with nothing in it is left out."""
     series = {label: [v if isinstance(v, tuple) else (np.nan if v is None else v, None) for v in vals]
               for label, vals in series.items() if any(v is not None for v in vals)}
-    x = np.arange(len(tasks))
-    w = 0.8 / len(series)
+    x, w = np.arange(len(tasks)), 0.8 / len(series)  # bar positions, bar width
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(tasks) + 2), 4.5))
     for j, (label, vals) in enumerate(series.items()):
         sds = [v[1] for v in vals]  # error bars on our bars only: the published figures are single numbers
@@ -82,16 +81,16 @@ def plot_mcc(path: Path, tasks: list[str], series: dict[str, list]) -> None:
 
 def plot_mcc_vs_labels(path: Path, panels: dict[str, dict[str, list[tuple[int, list[float]]]]]) -> None:
     """mcc_vs_labels.png: a panel per task, test MCC against training labels (log scale). `panels`: task -> label ->
-    [(labels, test MCC of each seed)]; fine-tuned: mean ± s.d. and a dot per seed; probes: dashed mean lines."""
+    [(labels, test MCC of each seed)]; fine-tuned: mean ± s.d. and a dot per seed; the others: dashed mean lines."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4), squeeze=False)
     for ax, (task, lines) in zip(axes[0], panels.items()):
         for label, points in lines.items():
             x, runs = [p[0] for p in points], [np.array(p[1]) for p in points]
             sd = [r.std(ddof=1) if len(r) > 1 else 0.0 for r in runs]
-            probe = label.startswith("probe")
-            bars = ax.errorbar(x, [r.mean() for r in runs], yerr=None if probe else sd, color=COLORS.get(label),
-                               ls="--" if probe else "-", marker="" if probe else "o", capsize=3, label=label)
-            if not probe:  # every seed, a dot, in its line's colour (an hf: init's is matplotlib's next)
+            baseline = not label.startswith("fine-tuned")  # a probe or the k-mer counts
+            bars = ax.errorbar(x, [r.mean() for r in runs], yerr=None if baseline else sd, color=COLORS.get(label),
+                               ls="--" if baseline else "-", marker="" if baseline else "o", capsize=3, label=label)
+            if not baseline:  # every seed, a dot, in its line's colour (an hf: init's is matplotlib's next)
                 ax.scatter(np.repeat(x, [len(r) for r in runs]), np.concatenate(runs), s=12, alpha=0.5,
                            color=bars.lines[0].get_color())
         ax.set(xscale="log", xlabel="training labels (log scale)", ylabel="test MCC", title=task)

@@ -95,6 +95,7 @@ CASES = [
     ("weight-decay-negative", "04_finetune_nt.py", lambda run, tmp: ["--finetune.weight_decay=-0.1"],
      "finetune.weight_decay"),
     ("ft-lr-nan", "04_finetune_nt.py", lambda run, tmp: ["--finetune.lr=nan"], "finetune.lr"),
+    ("kmer-9", "04_finetune_nt.py", lambda run, tmp: ["--finetune.kmer=9"], "finetune.kmer = 9: expected 0"),
     ("vocab-negative", "02_train_tokenizer.py", lambda run, tmp: ["--tokenizer.vocab_size=-5"], "tokenizer.vocab_size"),
     ("min-frequency-negative", "02_train_tokenizer.py", lambda run, tmp: ["--tokenizer.min_frequency=-1"],
      "tokenizer.min_frequency"),

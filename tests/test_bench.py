@@ -140,8 +140,8 @@ def test_run_all_survives_missing_and_failing_scripts(tmp_path, monkeypatch):
 
 
 def test_kmer_baseline_fits_on_04s_training_rows(tmp_path):
-    """Each (budget, seed) is fitted on exactly the rows 04's run of the same (task, budget, seed) trains on,
-    so its MCC sits beside 04's label-efficiency table as a paired comparison."""
+    """Each (budget, seed) is fitted on exactly the rows 04's run of the same (task, budget, seed) trains on, its C
+    picked on that run's validation rows, so its MCC sits beside 04's label-efficiency table as a paired comparison."""
     import csv
     import subprocess
 
@@ -164,4 +164,48 @@ def test_kmer_baseline_fits_on_04s_training_rows(tmp_path):
         seeds = [float(m) for m in row["test_mcc_seeds"].split()]
         assert len(seeds) == 2 and all(-1 <= m <= 1 for m in seeds)
         assert float(row["test_mcc_mean"]) == round(float(np.mean(seeds)), 4)
+        assert all(float(c) in ft.PROBE_CS for c in row["C_seeds"].split())  # picked by validation MCC, as 04's
     assert float(rows[1]["test_mcc_mean"]) > 0.5  # GGGCCC in 4-mers: learnable with all 180 labels
+
+
+def test_kmer_baseline_is_04s_kmer_column_on_promoter_core(tmp_path, shared_data):
+    """One k-mer baseline, not two: the bench's number for a (task, budget, seed) is 04's kmer_test_mcc of that run,
+    on a real task (human core promoters, 64 labels)."""
+    import csv
+    import json
+    import subprocess
+
+    from test_finetune import TINY, char_tokenizer
+
+    from conftest import run_script
+
+    tasks, run, out = shared_data / "tasks", tmp_path / "run", tmp_path / "kmer.csv"
+    char_tokenizer(run / "tokenizer.json")  # 70 bp: 72 tokens
+    r = run_script("04_finetune_nt.py", "--config", str(ROOT / "configs/demo.toml"), f"--run.out_dir={run}", *TINY,
+                   "--model.max_seq_len=80", "--finetune.benchmark=local", f"--finetune.data_dir={tasks}",
+                   "--finetune.tasks=[promoter_core]", "--finetune.inits=[scratch]", "--finetune.num_seeds=1",
+                   "--finetune.train_sizes=[64]", "--finetune.max_steps=1", "--finetune.eval_interval=1",
+                   "--finetune.probe=false", "--finetune.kmer=4", "--run.seed=1337", "--finetune.val_fraction=0.1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((run / "finetune" / "promoter_core" / "scratch" / "labels-64" / "seed-0" / "metrics.json")
+                   .read_text())
+    bench = subprocess.run([sys.executable, str(ROOT / "bench" / "kmer_baseline.py"), "--task-dir",
+                            str(tasks / "promoter_core"), "--k", "4", "--train-sizes", "64", "--seeds", "1",
+                            "--seed", "1337", "--val-fraction", "0.1", "--out", str(out)],
+                           capture_output=True, text=True)
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    (row,) = csv.DictReader(out.open())
+    print(f"promoter_core, 64 labels: 4-mer test MCC 04 {m['kmer_test_mcc']:.4f} (C {m['kmer_C']}), "
+          f"bench {row['test_mcc_seeds']} (C {row['C_seeds']})")
+    assert row["test_mcc_seeds"] == f"{m['kmer_test_mcc']:.4f}" and float(row["C_seeds"]) == m["kmer_C"]
+    assert int(row["n_train"]) == m["n_train"] == 64 and int(row["n_test"]) == m["n_test"] == 1183
+    assert 0.1 < m["kmer_test_mcc"] < 0.6  # a real signal from 64 labels, not a perfect one
+    # and to the last bit, in this process: the bench's function on 04's run seed
+    import kmer_baseline
+
+    from shelf import nt_tasks
+
+    data = nt_tasks.load_task(tasks / "promoter_core", nt_tasks.TaskInfo("promoter_core", None, None, None))
+    fit = kmer_baseline.kmer_baseline(data, 4, 64, m["run_seed"], 0.1)
+    assert {c: fit[c] for c in ("kmer_val_mcc", "kmer_C", "kmer_test_mcc")} == \
+        {c: m[c] for c in ("kmer_val_mcc", "kmer_C", "kmer_test_mcc")}

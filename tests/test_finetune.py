@@ -183,6 +183,27 @@ def test_bad_train_sizes_exit_2_with_one_line():
     for sizes, what in (("[64,64]", "each budget once"), ("[]", "non-empty")):
         with pytest.raises(ConfigError, match=rf"finetune\.train_sizes = .*{what}"):
             load_config(["--config", str(ROOT / "configs/demo.toml"), f"--finetune.train_sizes={sizes}"])
+    for k in (-1, 7, 9):  # 4**6 = 4,096 counts per sequence at most
+        with pytest.raises(ConfigError, match=rf"finetune\.kmer = {k}: expected 0 \(no k-mer baseline\) to 6"):
+            load_config(["--config", str(ROOT / "configs/demo.toml"), f"--finetune.kmer={k}"])
+
+
+def test_kmer_counts_match_a_plain_loop():
+    """Every overlapping k-mer of A/C/G/T counted, in either case; one holding N (or any other letter) skipped."""
+    import itertools
+
+    seqs = ["ACGTNacgtA", "nnnn", "A", "GATTACAgattaca", "TTTT", "CGNNCG", "acgT" * 5]
+    for k in (1, 2, 3, 4):
+        column = {"".join(kmer): j for j, kmer in enumerate(itertools.product("ACGT", repeat=k))}  # AA..A first
+        expected = np.zeros((len(seqs), 4**k), dtype=np.float32)
+        for n, s in enumerate(seqs):
+            for i in range(len(s) - k + 1):
+                if (j := column.get(s[i:i + k].upper())) is not None:
+                    expected[n, j] += 1
+        got = ft.kmer_counts(seqs, k)
+        assert got.dtype == np.float32 and got.shape == (len(seqs), 4**k)
+        np.testing.assert_array_equal(got, expected)
+    assert ft.kmer_counts(["ACGTNacgtA"], 1).tolist() == [[3, 2, 2, 2]]  # A C G T; the N skipped
 
 
 def test_probe_features_ignore_padding():
@@ -299,14 +320,27 @@ def test_every_test_example_is_scored_once(tiny_run):
 def test_label_budgets_and_probe_end_to_end(tiny_run):
     tmp, run, _, r = tiny_run
     rows = read_csv(run / "finetune" / "results.csv")
-    for x in rows:  # the probe: fitted on the run's train rows, C by validation MCC, the WHOLE test split scored
+    kmer = {}  # (budget, seed) -> the k-mer baseline's metrics
+    for x in rows:  # probe and k-mer baseline: fit on the run's train rows, C by validation MCC, the WHOLE test split
         m = metrics(run, x)
         assert x["probe_test_mcc"] == f"{m['probe_test_mcc']:.4f}" and -1 <= m["probe_val_mcc"] <= 1
         assert m["probe_C"] in ft.PROBE_CS and m["n_test"] == 37
+        assert x["kmer_test_mcc"] == f"{m['kmer_test_mcc']:.4f}" and -1 <= m["kmer_val_mcc"] <= 1
+        assert m["kmer_C"] in ft.PROBE_CS
+        # it does not depend on the init: both inits' runs of one (budget, seed) have the same numbers
+        fit = {c: m[c] for c in ("kmer_val_mcc", "kmer_C", "kmer_test_mcc")}
+        assert kmer.setdefault((x["train_size"], x["seed"]), fit) == fit
+    assert len(kmer) == 4  # 2 budgets x 2 seeds, each run by both inits
     md = (run / "finetune" / "results.md").read_text()
     n_all = metrics(run, rows[-1])["n_train"]  # the last run: scratch, all labels
     assert "## Label efficiency" in md and "| motif | 8 |" in md and f"| motif | all ({n_all}) |" in md
     assert "probe: random encoder" in md and "pretrained − scratch" in md
+    table1, table2 = md.split("## Label efficiency")
+    for table in (table1, table2):  # the k-mer column in both tables, a number in every row
+        lines = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("|")]
+        j = lines[0].index("4-mer counts")
+        assert all(-1 <= float(cells[j].split(" ± ")[0]) <= 1 for cells in lines[2:]), lines
+    assert "4-mer counts: a logistic regression on each sequence's counts of every overlapping 4-mer" in md
     assert "Limits: 2 seed(s)" in md and "label budgets 8, all" in md
     assert (run / "finetune" / "mcc_vs_labels.png").stat().st_size > 1000
     assert r.stdout.rstrip().splitlines()[-1].startswith("| motif | all (")  # the run ends with the table
@@ -327,6 +361,7 @@ def test_rerun_skips_finished_runs_and_gives_the_same_results(tiny_run):
     new = json.loads(redo.read_text())
     assert new["test_mcc"] == old["test_mcc"] and new["history"] == old["history"]  # deterministic
     assert new["probe_test_mcc"] == old["probe_test_mcc"] and new["probe_C"] == old["probe_C"]
+    assert new["kmer_test_mcc"] == old["kmer_test_mcc"] and new["kmer_C"] == old["kmer_C"]
     assert (run / "finetune" / "results.csv").read_bytes() == before
 
 
@@ -416,7 +451,7 @@ def test_results_table_puts_ours_beside_the_published_figures(tmp_path):
              "val_mcc": 0.5, "test_accuracy": 0.8, "test_f1": 0.8, "n_test": infos[t].test,
              "test_mcc": {"scratch": 0.4, "pretrained": 0.6}[i] + 0.02 * k}
             for t in tasks for i in ("pretrained", "scratch") for k in range(3)]  # probe off: no probe columns
-    write_results(tmp_path, rows, {t: infos[t] for t in tasks}, "revised")
+    write_results(tmp_path, rows, {t: infos[t] for t in tasks}, "revised", 4)  # probe and k-mers off
     md = (tmp_path / "results.md").read_text()
     # ours: mean ± sample s.d. over the 3 seeds; then TinyDNABERT scratch, TinyDNABERT, NT SOTA as published
     assert "| Promoters(TATA) | 0.420 ± 0.020 | 0.620 ± 0.020 | 0.628 | 0.780 | 0.940 |" in md
@@ -425,9 +460,9 @@ def test_results_table_puts_ours_beside_the_published_figures(tmp_path):
     assert "| ours | +47.6% | 65.3% |" in md
     assert "| TinyDNABERT | +41.2% | 84.2% |" in md
     lines = (tmp_path / "results.csv").read_text().splitlines()
-    assert md.startswith("# NT benchmark (revised): test MCC") and "probe" not in md  # probe off
+    assert md.startswith("# NT benchmark (revised): test MCC") and "probe" not in md and "mer" not in md  # off
     assert "| task | fine-tuned scratch | fine-tuned pretrained | TinyDNABERT scratch | TinyDNABERT | NT SOTA |" in md
-    assert lines[0] == ("task,init,train_size,n_train,seed,best_step,val_mcc,test_mcc,probe_test_mcc,test_accuracy,"
-                        "test_f1,n_test") and len(lines) == 13
-    assert lines[1] == "promoter_tata,pretrained,0,900,0,200,0.5000,0.6000,,0.8000,0.8000,212"
+    assert lines[0] == ("task,init,train_size,n_train,seed,best_step,val_mcc,test_mcc,probe_test_mcc,kmer_test_mcc,"
+                        "test_accuracy,test_f1,n_test") and len(lines) == 13
+    assert lines[1] == "promoter_tata,pretrained,0,900,0,200,0.5000,0.6000,,,0.8000,0.8000,212"
     assert (tmp_path / "mcc.png").stat().st_size > 1000 and not (tmp_path / "mcc_vs_labels.png").exists()

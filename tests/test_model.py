@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from model import (
     MaskedLM, ModelConfig, SequenceClassifier, apply_rope, flops_per_token, mlm_loss, num_parameters, rope_cos_sin,
 )
-from shelf.hf_keys import hf_roberta_to_ours, ours_to_hf_roberta
+from shelf.hf_keys import hf_to_ours, ours_to_hf
 
 TINY = ModelConfig()  # tinydnabert: the defaults
 AGRONT_1B = ModelConfig(vocab_size=4104, pad_token_id=0, hidden_size=1500, num_layers=40, num_heads=20,
@@ -120,7 +120,7 @@ def test_hf_roberta_mlm_to_ours_same_logits():
     hf = transformers.RobertaForMaskedLM(hf_config()).eval()
     perturb(hf)
     ours = MaskedLM(TINY).eval()
-    ours.load_state_dict(hf_roberta_to_ours(hf.state_dict()), strict=True)
+    ours.load_state_dict(hf_to_ours(hf.state_dict(), "roberta"), strict=True)
     ids, mask = padded_batch()
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).logits
@@ -137,7 +137,7 @@ def test_ours_to_hf_roberta_mlm_strict_load_same_logits():
     ours = MaskedLM(TINY).eval()
     perturb(ours)
     hf = transformers.RobertaForMaskedLM(hf_config()).eval()
-    result = hf.load_state_dict(ours_to_hf_roberta(ours.state_dict()), strict=True)
+    result = hf.load_state_dict(ours_to_hf(ours.state_dict(), "roberta"), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     # the tie survives in HF: decoder weight is the word embedding matrix
     assert torch.equal(hf.lm_head.decoder.weight, ours.encoder.wte.weight)
@@ -152,7 +152,7 @@ def test_ours_to_hf_roberta_mlm_strict_load_same_logits():
 def test_state_dict_roundtrip_is_identity():
     ours = MaskedLM(small())
     sd = ours.state_dict()
-    back = hf_roberta_to_ours(ours_to_hf_roberta(sd))
+    back = hf_to_ours(ours_to_hf(sd, "roberta"), "roberta")
     assert sorted(back) == sorted(sd)
     assert all(torch.equal(back[k], sd[k]) for k in sd)
 
@@ -162,7 +162,7 @@ def test_hf_sequence_classifier_same_logits_and_loss():
     hf = transformers.RobertaForSequenceClassification(hf_config(num_labels=3)).eval()
     perturb(hf)
     ours = SequenceClassifier(TINY, num_labels=3).eval()
-    ours.load_state_dict(hf_roberta_to_ours(hf.state_dict()), strict=True)
+    ours.load_state_dict(hf_to_ours(hf.state_dict(), "roberta"), strict=True)
     ids, mask = padded_batch(seed=3)
     labels = torch.tensor([0, 2, 1])
     with torch.no_grad():
