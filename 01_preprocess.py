@@ -177,8 +177,7 @@ def make_stats(cfg, per_genome: list[dict], length_counts: np.ndarray, manifest_
 
 
 def print_summary(stats: dict, out: Path) -> None:
-    bp_read = stats["bp_read"]
-    seconds = max(stats["seconds"], 0.01)
+    bp_read, seconds = stats["bp_read"], max(stats["seconds"], 0.01)
     print(f"{stats['records']:,} records ({stats['empty_records']:,} empty) in {len(stats['genomes']):,} file(s)")
     if missing := [g["name"] for g in stats["genomes"] if "missing" in g]:
         print(f"{len(missing):,} genome(s) not on the server, skipped (see stats.json): {', '.join(missing[:5])}"
@@ -195,8 +194,7 @@ def print_summary(stats: dict, out: Path) -> None:
 
 def main():
     cfg, flags = load_config(flags=("--dry-run",), doc=__doc__, sections=("run", "preprocess"))
-    p = cfg.preprocess
-    out = cfg.out_dir / "segments"
+    p, out = cfg.preprocess, cfg.out_dir / "segments"
     genomes, manifest_sha256 = list_genomes(p, cfg.run.seed)
     if "--dry-run" in flags:
         return print_plan(cfg, genomes)

@@ -50,15 +50,12 @@ class BlockStream:
             raise UserError(f"{path}: {self.n_blocks:,} blocks of {seq_len} tokens, fewer than the {need} a step "
                             "reads; lower pretrain.batch_size or pretrain.seq_len")
         self.blocks = tokens[: self.n_blocks * seq_len].reshape(self.n_blocks, seq_len)  # (N, T) view, nothing read
-        self.seed = seed
-        self.epoch = 0
-        self.index = 0  # blocks of this epoch's order already taken
+        self.seed, self.epoch, self.index = seed, 0, 0  # index: blocks of this epoch's order already taken
         self.order_epoch = -1  # the epoch self.order was drawn for
 
     def take(self, n: int) -> np.ndarray:
         if self.index + n > self.n_blocks:
-            self.epoch += 1
-            self.index = 0
+            self.epoch, self.index = self.epoch + 1, 0
         if self.order_epoch != self.epoch:  # drawn once per epoch
             self.order = rng(self.seed, "blocks", self.epoch).permutation(self.n_blocks)
             self.order_epoch = self.epoch

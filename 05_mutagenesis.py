@@ -9,8 +9,8 @@ score(pos, alt) = log p(alt) - log p(ref), in nats; < 0: the model finds the sub
 Reference and mutant are each tokenized in full; the substitution's window = the tokens of either one that
 the other lacks (the same id at the same span in bp). score = PLL(mutant's window) - PLL(reference's window),
 PLL = the sum over the window's tokens of log p(token | the rest of its own sequence), that one token masked.
-  char tokens: the window is the one nucleotide and both masked inputs are the same sequence: one forward per bp,
-    and the score is exactly log p(alt) - log p(ref) at the masked position (the masked-marginal ratio).
+  char tokens: the window is the one nucleotide, both masked inputs the same sequence: one forward per bp, and
+  the score is exactly log p(alt) - log p(ref) at the masked position (the masked-marginal ratio).
   6-mers: likewise with the 6-mer holding pos (one forward per 6 bp): log p(alt 6-mer) - log p(ref 6-mer).
   BPE: a substitution may re-merge several tokens, each masked in a forward of its own (more forwards).
 Tokens outside the window are not scored, though their probabilities may move with the new context.
@@ -142,20 +142,25 @@ def main() -> None:
     records = [(path, rec) for path in paths for rec in read_fasta(path)]
 
     # 2. every substitution of every sequence scored, a heatmap each
-    rows = ["seq\tpos\tref\talt\tscore"]
+    rows, contrast = ["seq\tpos\tref\talt\tscore"], {}  # contrast: kind (promoter_3 -> promoter) -> [(in, out)]
     for n, (path, rec) in enumerate(records, 1):
         name = rec.header.split()[0] if rec.header else f"seq{n}"
         try:
             scores = score_sequence(model, tok, special.mask, rec.sequence)
         except UserError as e:
             raise UserError(f"{path}:{rec.line}: {e}")
+        if spans := motif_spans(rec.header):  # mean |score| per bp (over its 3 substitutions), in the motifs and out
+            inside = np.isin(np.arange(1, scores.shape[1] + 1), [p for a, b in spans for p in range(a, b + 1)])
+            size = np.abs(scores).sum(0) / 3  # (L,)
+            contrast.setdefault(name.rsplit("_", 1)[0], []).append((size[inside], size[~inside]))
         subs = [(i, r, a, scores[k, i]) for i, r in enumerate(rec.sequence.upper()) if r in BASES
                 for k, a in enumerate(BASES) if a != r]
         rows += [f"{name}\t{i + 1}\t{r}\t{a}\t{score:.4f}" for i, r, a, score in subs]
         plot_heatmap(scores, rec.sequence, f"{name}: in-silico mutagenesis ({cfg.run.name})",
-                     out / f"{n:03d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:60]}.png", motif_spans(rec.header))
-        print(f"{name}: {len(rec.sequence):,} bp, {len(subs):,} substitutions, mean |score| "
-              f"{np.mean([abs(s[3]) for s in subs]) if subs else float('nan'):.3f} nats")
+                     out / f"{n:03d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:60]}.png", spans)
+    for kind, parts in contrast.items():  # what the model learned without labels, in one number per kind
+        inside, outside = (np.nanmean(np.concatenate(part)) for part in zip(*parts))
+        print(f"{kind}: mean |score| inside the named motifs / outside = {inside / outside:.2f}x")
 
     # 3. the table, and what made it
     with atomic_write(out / "mutations.tsv") as f:

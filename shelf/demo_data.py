@@ -141,8 +141,7 @@ def write_demo_genome(path: Path) -> Path:
             b">chr1 demo chromosome 1, 60-column lines\n", wrap(bytes(chr1), 60),
             b">chr2 demo chromosome 2 with IUPAC codes\n", wrap(bytes(chr2), 80),
             b">chr3 demo chromosome 3, Windows line ends\r\n", wrap(chr3, 70, b"\r\n"),
-            b">chrUn_empty an empty record\n\n",
-            b">chrM demo mitochondrion, one unwrapped line\n", chr_m + b"\n"])
+            b">chrUn_empty an empty record\n\n", b">chrM demo mitochondrion, one unwrapped line\n", chr_m + b"\n"])
     return path
 
 

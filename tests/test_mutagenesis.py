@@ -134,6 +134,7 @@ def test_mutagenesis_motifs_light_up(trained_run):
         ratio = np.mean(inside) / np.mean(outside)
         print(f"{kind}: mean |score| inside motifs {np.mean(inside):.3f}, outside {np.mean(outside):.3f}: x{ratio:.2f}")
         assert ratio >= 2.0, kind
+        assert f"{kind}: mean |score| inside the named motifs / outside = {ratio:.2f}x" in result.stdout  # 05 says it
 
 
 def test_load_run_and_errors(trained_run, tmp_path):
