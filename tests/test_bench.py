@@ -209,3 +209,36 @@ def test_kmer_baseline_is_04s_kmer_column_on_promoter_core(tmp_path, shared_data
     fit = kmer_baseline.kmer_baseline(data, 4, 64, m["run_seed"], 0.1)
     assert {c: fit[c] for c in ("kmer_val_mcc", "kmer_C", "kmer_test_mcc")} == \
         {c: m[c] for c in ("kmer_val_mcc", "kmer_C", "kmer_test_mcc")}
+
+
+def test_motif_oracle_counts_smoothing_and_motif_ratio(tmp_path):
+    """bench/motif_oracle.py: p(base | k bases a side) from counts, smoothed toward k - 1's; a word that recurs in
+    the genome stands out in 05's figure (mean |score| inside the header's motifs / outside), chance bases do not."""
+    import subprocess
+
+    import numpy as np
+
+    import motif_oracle as oracle
+
+    x = np.random.default_rng(0).integers(0, 4, 5000)
+    x[100] = 4  # an N: no context spans it
+    p0, p1 = np.exp(oracle.fit(x, 0))[0], np.exp(oracle.fit(x, 1))  # (4,), (16, 4)
+    assert np.allclose(p0, np.bincount(x[x < 4], minlength=4) / (x < 4).sum())
+    for left, right in [(0, 1), (2, 3), (3, 3)]:  # brute force: the middle bases of each (left, right) context
+        middle = [x[i] for i in range(1, len(x) - 1) if (x[i - 1], x[i + 1]) == (left, right) and x[i] < 4]
+        counts = np.bincount(middle, minlength=4)
+        assert np.allclose(p1[left * 4 + right], (counts + 4 * p0) / (counts.sum() + 4))
+    word = oracle.CODE[np.frombuffer(b"GATTACAGGC", np.uint8)]
+    for at in range(200, 4800, 40):  # 115 copies
+        x[at:at + 10] = word
+    rng = np.random.default_rng(1)
+    seqs = ["".join("ACGT"[b] for b in rng.integers(0, 4, 60)) for _ in range(4)]
+    fasta = tmp_path / "w.fa"
+    fasta.write_text("".join(f">word_{i} motifs=21-30\n{s[:20]}GATTACAGGC{s[30:]}\n" for i, s in enumerate(seqs)))
+    assert oracle.ratios(oracle.fit(x, 3), 3, fasta)["word"] > 3  # known from context: every substitution unlikely
+    assert 0.7 < oracle.ratios(oracle.fit(x, 0), 0, fasta)["word"] < 1.4  # composition alone: no contrast
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "motif_oracle.py"), "--k", "0,3"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = re.findall(r"k = (\d) .*: promoter (\d+\.\d+)x, donor (\d+\.\d+)x", result.stdout)
+    assert [k for k, *_ in found] == ["0", "3"] and all(float(r) > 0 for _, *rs in found for r in rs)
