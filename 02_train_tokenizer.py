@@ -71,8 +71,7 @@ def char_tokenizer() -> Tokenizer:
     tok.normalizer = normalizers.Sequence(upper_case("AGCTUN"))
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens([t for t in CHAR_VOCAB if t.startswith("[")])
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     return tok
 

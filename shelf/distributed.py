@@ -4,6 +4,7 @@ activation checkpointing -> compile (per block under FSDP2, else the whole model
 import functools
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -62,7 +63,10 @@ def mixed_precision(bf16: bool, device: torch.device):
 
 
 def teardown_distributed() -> None:
+    """Leave the process group, after a success together: gloo may abort a rank that leaves while rank 0 writes."""
     if dist.is_available() and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -36,8 +36,7 @@ def kmer_tokenizer_of(vocab: list[str], k: int, eos: bool = False) -> Tokenizer:
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens([t for t in vocab if t.startswith("<") and t.endswith(">")])
     end = " <eos>" if eos else ""
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"<cls> $A{end}", pair=f"<cls> $A{end} $B{end}",
+    tok.post_processor = processors.TemplateProcessing(single=f"<cls> $A{end}", pair=f"<cls> $A{end} $B{end}",
         special_tokens=[("<cls>", ids["<cls>"])] + ([("<eos>", ids["<eos>"])] if eos else []))
     return tok
 
@@ -118,8 +117,7 @@ def check_bpe_memory(train_path: Path, sample_bp: float) -> float:
 # The special tokens of each kind, by role: 02 fixes their ids (BPE_SPECIALS, KMER_SPECIALS, CHAR_VOCAB), but
 # readers look them up by name, so that a hand-made tokenizer.json works too.
 _SPECIAL_NAMES = {
-    "pad": ("<pad>", "[PAD]"),
-    "mask": ("<mask>", "[MASK]"),
+    "pad": ("<pad>", "[PAD]"), "mask": ("<mask>", "[MASK]"),
     "cls": ("<s>", "<cls>", "[CLS]"),  # sequence start; fine-tuning classifies from this position
     "sep": ("</s>", "[SEP]"),  # sequence end (kmer has none)
     "unk": ("<unk>", "[UNK]"),  # kmer has none: every character maps to A C G T or N

@@ -441,3 +441,32 @@ def test_resume_with_another_model_shape_is_one_line_not_a_traceback(tmp_path):
     with pytest.raises(UserError, match="another \\[model\\] config"):  # ... but not with a non-default one
         load_checkpoint(path, net, opt, World(), sharded=False,
                         model_config=dataclasses.replace(small, tie_word_embeddings=False))
+
+
+LEAVE = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from shelf.distributed import setup_distributed, teardown_distributed
+world, out = setup_distributed("cpu"), Path({out!r})
+try:
+    if world.rank == 0:  # rank 0 still busy (writing the final weights) when rank 1 is done
+        time.sleep(2)
+        (out / "rank0-busy-until-here").touch()
+    if {fail}:
+        raise RuntimeError("a rank's error")
+finally:
+    teardown_distributed()
+    (out / f"rank{{world.rank}}-left-seeing-{{int((out / 'rank0-busy-until-here').exists())}}").touch()
+"""
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_ranks_leave_the_process_group_together_after_success_and_at_once_after_an_error(tmp_path, fail):
+    # the CI failure it prevents: rank 1 tearing gloo down while rank 0 still wrote its files got SIGABRT
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE.format(root=str(ROOT), out=str(tmp_path), fail=fail))
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+                   cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True, timeout=120)
+    # success: rank 1 waits for rank 0 before it leaves; an error: it leaves at once (a barrier could hang)
+    assert (tmp_path / f"rank1-left-seeing-{int(not fail)}").exists(), sorted(p.name for p in tmp_path.iterdir())
