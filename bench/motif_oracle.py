@@ -72,7 +72,8 @@ def ratios(logp: np.ndarray, k: int, fasta: Path) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    ap.add_argument("--k", default="2,3,4", help="bases of context on each side, comma-separated (0..6; 0: composition only)")
+    ap.add_argument("--k", default="2,3,4",
+                    help="bases of context on each side, comma-separated (0..6; 0: composition only)")
     ap.add_argument("--seed", type=int, default=1337, help="run.seed of 05 --demo's sequences")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

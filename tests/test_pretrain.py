@@ -83,9 +83,10 @@ def pretrain_script(*args: str, timeout: float = 300) -> subprocess.CompletedPro
     return run_script("03_pretrain.py", *args, timeout=timeout)
 
 
-def torchrun(*args: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+def torchrun(*args: str, nproc: int = 2, timeout: float = 300, script: Path = ROOT / "03_pretrain.py"
+             ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           str(ROOT / "03_pretrain.py"), *args], cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True,
+                           str(script), *args], cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -466,7 +467,6 @@ def test_ranks_leave_the_process_group_together_after_success_and_at_once_after_
     # the CI failure it prevents: rank 1 tearing gloo down while rank 0 still wrote its files got SIGABRT
     script = tmp_path / "leave.py"
     script.write_text(LEAVE.format(root=str(ROOT), out=str(tmp_path), fail=fail))
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-                   cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True, timeout=120)
+    torchrun(script=script, timeout=120)
     # success: rank 1 waits for rank 0 before it leaves; an error: it leaves at once (a barrier could hang)
     assert (tmp_path / f"rank1-left-seeing-{int(not fail)}").exists(), sorted(p.name for p in tmp_path.iterdir())
